@@ -1,0 +1,159 @@
+"""A node's home directory: configuration, keys and data.
+
+Layout::
+
+    HOME/config.toml          the node's configuration (see core/config.py)
+    HOME/node.key             Ed25519 identity seed, hex (mode 0600): the libp2p key
+    HOME/chain.key            secp256k1 chain key, hex (mode 0600), or instead
+    HOME/chain.keystore.json  the same key in an encrypted Ethereum keystore (v3)
+    HOME/blockstore/          kubo-compatible flatfs blockstore
+    HOME/params/              parameter store index
+    HOME/peers.json           cached peer addresses (discovery)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from eth_account import Account
+
+from sorap2p.core.config import Config, load_config, to_toml, with_overrides
+from sorap2p.core.crypto import IdentityKey
+from sorap2p.core.errors import ConfigError
+from sorap2p.core.ids import PeerId
+
+CONFIG_FILE: Final = "config.toml"
+NODE_KEY_FILE: Final = "node.key"
+CHAIN_KEY_FILE: Final = "chain.key"
+KEYSTORE_FILE: Final = "chain.keystore.json"
+PASSWORD_ENV: Final = "SORAP2P_KEYSTORE_PASSWORD"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    peer_id: PeerId
+    eth_address: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"peer_id": str(self.peer_id), "eth_address": self.eth_address}
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def blockstore_path(self) -> Path:
+        return self.path / "blockstore"
+
+    @property
+    def params_path(self) -> Path:
+        return self.path / "params"
+
+    @property
+    def peers_path(self) -> Path:
+        return self.path / "peers.json"
+
+    def exists(self) -> bool:
+        return (self.path / NODE_KEY_FILE).is_file()
+
+    # -- creation --------------------------------------------------------------------
+    def init(
+        self,
+        config: Config,
+        *,
+        keystore_password: str | None = None,
+        force: bool = False,
+        node_seed: bytes | None = None,
+        chain_key: bytes | None = None,
+    ) -> NodeIdentity:
+        """Create the home: config, identity key and chain key (files 0600)."""
+        if self.exists() and not force:
+            raise ConfigError(f"{self.path} already holds a node key (use --force to replace)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        seed = node_seed if node_seed is not None else secrets.token_bytes(32)
+        eth_key = chain_key if chain_key is not None else secrets.token_bytes(32)
+        _write_private(self.path / NODE_KEY_FILE, seed.hex() + "\n")
+        for stale in (CHAIN_KEY_FILE, KEYSTORE_FILE):
+            (self.path / stale).unlink(missing_ok=True)
+        if keystore_password is not None:
+            keystore = Account.encrypt(eth_key, keystore_password)
+            _write_private(self.path / KEYSTORE_FILE, json.dumps(keystore, indent=2) + "\n")
+            config = with_overrides(config, {"chain.keystore": True})
+        else:
+            _write_private(self.path / CHAIN_KEY_FILE, eth_key.hex() + "\n")
+            config = with_overrides(config, {"chain.keystore": False})
+        _write_private(self.config_path, to_toml(config))
+        return NodeIdentity(IdentityKey(seed).peer_id, Account.from_key(eth_key).address)
+
+    # -- loading ---------------------------------------------------------------------
+    def load_config(
+        self, env: Mapping[str, str] | None = None, overrides: tuple[str, ...] = ()
+    ) -> Config:
+        text = self.config_path.read_text() if self.config_path.is_file() else ""
+        return load_config(text, env if env is not None else os.environ, overrides)
+
+    def identity_key(self) -> IdentityKey:
+        path = self.path / NODE_KEY_FILE
+        try:
+            seed = bytes.fromhex(path.read_text().strip())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no node key at {path}: run `sorap2p init --home {self.path}`"
+            ) from None
+        except ValueError:
+            raise ConfigError(f"{path}: expected 64 hex characters") from None
+        if len(seed) != 32:
+            raise ConfigError(f"{path}: expected a 32-byte Ed25519 seed")
+        return IdentityKey(seed)
+
+    def chain_key(self, password: str | None = None) -> bytes:
+        """The secp256k1 private key (keystore needs a password or $SORAP2P_KEYSTORE_PASSWORD)."""
+        plain = self.path / CHAIN_KEY_FILE
+        if plain.is_file():
+            try:
+                key = bytes.fromhex(plain.read_text().strip())
+            except ValueError:
+                raise ConfigError(f"{plain}: expected 64 hex characters") from None
+            if len(key) != 32:
+                raise ConfigError(f"{plain}: expected a 32-byte secp256k1 key")
+            return key
+        store = self.path / KEYSTORE_FILE
+        if not store.is_file():
+            raise ConfigError(f"no chain key in {self.path}")
+        password = password if password is not None else os.environ.get(PASSWORD_ENV)
+        if password is None:
+            raise ConfigError(f"{store} is encrypted: set {PASSWORD_ENV} or pass a password file")
+        try:
+            data: Any = json.loads(store.read_text())
+            return bytes(Account.decrypt(data, password))
+        except ValueError as exc:
+            raise ConfigError(f"{store}: cannot decrypt ({exc})") from None
+
+    def identity(self, password: str | None = None) -> NodeIdentity:
+        return NodeIdentity(
+            self.identity_key().peer_id, Account.from_key(self.chain_key(password)).address
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by the owner only, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
