@@ -415,3 +415,10 @@ def test_tables_render(machine: type) -> None:
     table = machine.TABLE
     assert table.mermaid().startswith("stateDiagram-v2")
     assert table.markdown().count("\n") == len(table.rules) + 1
+
+
+def test_rounds_doc_is_generated_from_the_tables() -> None:
+    from sorap2p.testing.rounds_doc import DOC, render
+
+    current = DOC.read_text()
+    assert render(current) == current, "run: python -m sorap2p.testing.rounds_doc --write"
