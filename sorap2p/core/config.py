@@ -73,7 +73,7 @@ class ChainSection:
 
 @dataclass(frozen=True, slots=True)
 class LearnSection:
-    model: str = field(default="digits-cnn", metadata=doc("model registry name or pkg.mod:fn"))
+    model: str = field(default="digits_cnn", metadata=doc("model registry name or pkg.mod:fn"))
     dataset: str = field(default="digits", metadata=doc("built-in demo dataset"))
     epochs: int = field(default=1, metadata=doc("local epochs per round"))
     batch_size: int = field(default=32, metadata=doc("local batch size"))

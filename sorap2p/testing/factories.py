@@ -66,7 +66,7 @@ def round_open(
             subnet=SUBNET,
             round=RoundId(round),
             global_model=model or cid(f"model-{round - 1}"),
-            model="digits-cnn",
+            model="digits_cnn",
             opened_at=opened_at,
             deadline=opened_at + duration,
             min_participants=1,

@@ -94,7 +94,7 @@ class SimNet:
                 AggregatorParams(
                     subnet=SUBNET,
                     me=self.cast.aggregator.peer_id,
-                    model="digits-cnn",
+                    model="digits_cnn",
                     round_ms=cfg.round_ms,
                     min_participants=1,
                     strategy="fedavg",

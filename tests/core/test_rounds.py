@@ -56,7 +56,7 @@ def agg_machine(**kw: object) -> AggregatorMachine:
     params = AggregatorParams(
         subnet=SUBNET,
         me=CAST.aggregator.peer_id,
-        model="digits-cnn",
+        model="digits_cnn",
         round_ms=30_000,
         min_participants=2,
         strategy="fedavg",
