@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sorap2p.core.cid import Cid
+from sorap2p.core.errors import ConfigError, LocalProtocolError
+from sorap2p.learn.strategies import (
+    BLOCK,
+    FedAvg,
+    FedProx,
+    Krum,
+    Median,
+    MultiKrum,
+    NormClipped,
+    StreamingMean,
+    TrimmedMean,
+    UpdateBatch,
+    allocate_rows,
+    apply_delta,
+    make_strategy,
+)
+
+ALL = [
+    FedAvg(),
+    FedAvg(weighted=False),
+    FedProx(0.1),
+    Median(),
+    TrimmedMean(0.2),
+    Krum(1),
+    MultiKrum(1),
+    MultiKrum(1, 3),
+    make_strategy("fedavg", {"clip_norm": 0.5}),
+    make_strategy("median", {"clip_median": 1.0}),
+    make_strategy("multi_krum", {"f": 1, "clip_median": 1.0}),
+]
+
+
+def _batch(x: torch.Tensor, w: list[float], keys: list[Any]) -> UpdateBatch:
+    return UpdateBatch.create(x, w, keys)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(5, 9),
+    d=st.sampled_from([1, 7, 64, 1000]),
+    seed=st.integers(0, 2**31),
+    data=st.data(),
+)
+def test_order_independent_and_inputs_untouched(n: int, d: int, seed: int, data: Any) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * torch.rand(n, 1, generator=g) * 3
+    w = [float(v) for v in torch.randint(1, 100, (n,), generator=g)]
+    keys = [Cid.hash(f"update {seed} {i}".encode()) for i in range(n)]
+    perm = data.draw(st.permutations(range(n)))
+    x_copy = x.clone()
+    a = _batch(x, w, keys)
+    b = _batch(x[perm].contiguous(), [w[i] for i in perm], [keys[i] for i in perm])
+    for strategy in ALL:
+        ra, rb = strategy.aggregate(a), strategy.aggregate(b)
+        assert torch.equal(ra.delta, rb.delta), strategy
+        assert sorted(a.keys[i] for i in ra.selected) == sorted(b.keys[i] for i in rb.selected)
+        assert torch.equal(x, x_copy)  # never modified
+
+
+def test_in_place_and_gathered_paths_agree_bitwise_across_blocks() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, d = 6, BLOCK + 4096  # two column blocks, rows 64-byte aligned -> in-place path
+    x = torch.randn(n, d, generator=g)
+    keys = [bytes([i]) for i in range(n)]
+    w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    a = _batch(x, w, keys)
+    rev = list(reversed(range(n)))
+    b = _batch(x[rev].contiguous(), [w[i] for i in rev], [keys[i] for i in rev])
+    for strategy in (FedAvg(), TrimmedMean(0.2), MultiKrum(1)):
+        assert torch.equal(strategy.aggregate(a).delta, strategy.aggregate(b).delta)
+
+
+def test_allocate_rows_gives_aligned_rows_and_same_results() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 1001, generator=g)
+    rows = allocate_rows(5, 1001)
+    assert rows.shape == (5, 1001) and rows.stride(0) % 16 == 0 and rows.data_ptr() % 64 == 0
+    rows.copy_(x)
+    keys = [bytes([i]) for i in range(5)]
+    for strategy in (FedAvg(), Median(), MultiKrum(1)):
+        a = strategy.aggregate(UpdateBatch.create(rows, [1.0] * 5, keys)).delta
+        b = strategy.aggregate(UpdateBatch.create(x, [1.0] * 5, keys)).delta
+        assert torch.equal(a, b)
+
+
+def test_fedavg_matches_float64_reference_within_stated_bound() -> None:
+    g = torch.Generator().manual_seed(1)
+    n, d = 20, 5000
+    x = torch.randn(n, d, generator=g)
+    w = [float(i + 1) for i in range(n)]
+    got = FedAvg().aggregate(_batch(x, w, [bytes([i]) for i in range(n)])).delta
+    c = torch.tensor(w, dtype=torch.float64) / sum(w)
+    ref = (c[:, None] * x.double()).sum(0)
+    bound = 2 * n * 2.0**-24 * (c[:, None] * x.double().abs()).sum(0)
+    assert bool(((got.double() - ref).abs() <= bound + 1e-12).all())
+    plain = FedAvg(weighted=False).aggregate(_batch(x, w, [bytes([i]) for i in range(n)])).delta
+    torch.testing.assert_close(plain, x.mean(0))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 6, 33, 50, 300])
+def test_median_and_trimmed_mean_match_numpy(n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 5000, generator=g)  # more than one column block
+    b = _batch(x, [1.0] * n, [i.to_bytes(2, "big") for i in range(n)])
+    torch.testing.assert_close(
+        Median().aggregate(b).delta, torch.from_numpy(np.median(x.numpy(), 0))
+    )
+    s = np.sort(x.numpy(), 0)
+    k = int(0.2 * n)
+    ref = s[k : n - k].mean(0)
+    torch.testing.assert_close(TrimmedMean(0.2).aggregate(b).delta, torch.from_numpy(ref))
+
+
+def test_krum_and_multi_krum_exclude_outliers() -> None:
+    g = torch.Generator().manual_seed(2)
+    honest = torch.randn(7, 50, generator=g) * 0.1 + 1.0
+    bad = torch.randn(3, 50, generator=g) * 5 - 3
+    x = torch.cat([honest, bad])
+    b = _batch(x, [10.0] * 10, [f"k{i}" for i in range(10)])
+    kr = Krum(3).aggregate(b)
+    assert len(kr.selected) == 1 and kr.selected[0] < 7
+    assert torch.equal(kr.delta, x[kr.selected[0]])
+    mk = MultiKrum(3).aggregate(b)
+    assert sorted(mk.selected) == list(range(7))
+    torch.testing.assert_close(mk.delta, honest.mean(0))
+    assert max(mk.scores[i] for i in range(7)) < min(mk.scores[i] for i in range(7, 10))
+    with pytest.raises(LocalProtocolError):
+        Krum(4).aggregate(b)  # needs n >= 2f + 3
+
+
+def test_norm_clipping() -> None:
+    x = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    b = _batch(x, [1.0, 1.0, 1.0], [b"a", b"b", b"c"])
+    r = NormClipped(FedAvg(), 1.0).aggregate(b)
+    torch.testing.assert_close(r.delta, torch.tensor([0.6 + 0.3, 0.8 + 0.4]) / 3)
+    r2 = NormClipped(Median(), 1.0).aggregate(b)
+    torch.testing.assert_close(r2.delta, torch.tensor([0.3, 0.4]))
+    rel = make_strategy("fedavg", {"clip_median": 1.0}).aggregate(b)  # median norm 0.5
+    torch.testing.assert_close(rel.delta, torch.tensor([0.3 + 0.3, 0.4 + 0.4]) / 3)
+
+
+def test_registry_and_params() -> None:
+    s = make_strategy("trimmed_mean", {"beta": 0.25})
+    assert s == TrimmedMean(0.25) and s.params() == {"beta": 0.25}
+    assert make_strategy("multi_krum", {"f": 2, "m": 5}).params() == {
+        "f": 2,
+        "m": 5,
+        "weighted": True,
+    }
+    assert make_strategy("fedprox", {"mu": 0.5, "clip_norm": 2}).params()["clip_norm"] == 2.0
+    for name, params in [
+        ("nope", {}),
+        ("fedavg", {"bogus": 1}),
+        ("krum", {"f": 1.5}),
+        ("krum", {"f": "1"}),
+        ("fedavg", {"weighted": 1}),
+        ("trimmed_mean", {"beta": 0.5}),
+        ("fedprox", {"mu": -1.0}),
+        ("fedavg", {"clip_norm": 0}),
+        ("fedavg", {"clip_norm": 1, "clip_median": 1}),
+    ]:
+        with pytest.raises(ConfigError):
+            make_strategy(name, params)
+
+
+def test_update_batch_validation() -> None:
+    x = torch.zeros(2, 3)
+    with pytest.raises(LocalProtocolError):
+        UpdateBatch.create(x, [1.0, 1.0], [b"a", b"a"])
+    with pytest.raises(LocalProtocolError):
+        UpdateBatch.create(x, [1.0, 0.0], [b"a", b"b"])
+    with pytest.raises(LocalProtocolError):
+        UpdateBatch.create(x, [1.0], [b"a", b"b"])
+    with pytest.raises(LocalProtocolError):
+        UpdateBatch.create(x.double(), [1.0, 1.0], [b"a", b"b"])
+    with pytest.raises(LocalProtocolError):
+        UpdateBatch.create(torch.zeros(3, 2).t(), [1.0, 1.0], [b"a", b"b"])
+
+
+def test_streaming_mean_agrees_with_fedavg() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 2000, generator=g)
+    w = [float(i + 1) for i in range(8)]
+    acc = StreamingMean(2000)
+    for i in (3, 1, 7, 0, 2, 6, 5, 4):
+        acc.add(x[i], w[i], bytes([i]))
+    with pytest.raises(LocalProtocolError):
+        acc.add(x[0], 1.0, bytes([0]))
+    ref = FedAvg().aggregate(_batch(x, w, [bytes([i]) for i in range(8)])).delta
+    torch.testing.assert_close(acc.result(), ref, rtol=0, atol=1e-5)
+    assert acc.statistics()["rows"] == 8
+
+
+def test_apply_delta_is_pure() -> None:
+    g, d = torch.ones(3), torch.tensor([1.0, 2.0, 3.0])
+    assert torch.equal(apply_delta(g, d, 0.5), torch.tensor([1.5, 2.0, 2.5]))
+    assert torch.equal(g, torch.ones(3))
