@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import trio
-from helpers_net import create_hosts, eventually, seeded_identity
 
 from sorap2p.core.crypto import IdentityKey
 from sorap2p.core.errors import LocalProtocolError, RemoteProtocolError
@@ -20,6 +19,7 @@ from sorap2p.net.host import (
     open_host,
     split_p2p_addr,
 )
+from tests.net.helpers_net import create_hosts, eventually, seeded_identity
 
 pytestmark = pytest.mark.net
 
@@ -42,6 +42,7 @@ async def test_host_uses_identity_and_lists_full_addrs() -> None:
         assert from_libp2p_id(host.raw.get_id()) == ident.peer_id
         addrs = host.listen_addrs()
         assert addrs
+        assert host.raw.mDNS is None  # pitfall 13: mDNS binds every interface
         for a in addrs:
             assert a.startswith("/ip4/127.0.0.1/tcp/")
             peer, _ = split_p2p_addr(a)

@@ -1,0 +1,583 @@
+"""Bulk DAG transfer over ``/sorap2p/car/1.0.0`` (protocols/exchange.md).
+
+One stream per request. The client sends one request frame
+``uvarint(len) || 0x01 || uvarint(len(cid)) || cid || uvarint(skip) || uvarint(max_blocks)``
+and half-closes. The server answers one status byte (0 OK, 1 NOT_FOUND, 2 BUSY,
+3 BAD_REQUEST) and, after OK, a CAR v1 stream (roots = [cid]) of the DAG under ``cid`` in
+depth-first pre-order, leaving out the first ``skip`` blocks and stopping after
+``max_blocks`` (0: no limit); the end of the stream ends the CAR.
+
+The fetcher (`fetch_dag`) verifies every block as it arrives (hash *and* membership: a
+block is accepted only if an already received block links to it) and stores it; reading,
+verifying and writing run as a pipeline with bounded queues between the stages. With
+several providers the work is split by the root's children and run in parallel; a job
+interrupted by a broken connection resumes with ``skip`` = blocks already received on
+another (or the same) provider; a provider that sends a tampered or unsolicited block is
+dropped for the rest of the fetch and its job moves to another provider.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import trio
+
+from sorap2p.core.cid import MAX_CID_BYTES, Cid, decode_varint, encode_varint
+from sorap2p.core.errors import IntegrityError, LocalProtocolError, RemoteProtocolError, SoraError
+from sorap2p.core.ids import PeerId
+from sorap2p.net.host import Host
+from sorap2p.net.streams import Stream, open_stream
+from sorap2p.store.car import END, NEED_DATA, CarBlock, CarHeader, CarReader, encode_header
+from sorap2p.store.dag import links_of
+from sorap2p.store.errors import BlockNotFound, CodecError
+
+_log = logging.getLogger(__name__)
+
+CAR_PROTOCOL: Final = "/sorap2p/car/1.0.0"
+REQUEST_VERSION: Final = 1
+MAX_REQUEST: Final = 2 + 9 + MAX_CID_BYTES + 9 + 9
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    NOT_FOUND = 1
+    BUSY = 2
+    BAD_REQUEST = 3
+
+
+class BlockSource(Protocol):
+    """What the server needs from a block store (`sorap2p.store.Blockstore` fits)."""
+
+    def get(self, cid: Cid) -> bytes: ...
+
+    def has(self, cid: Cid) -> bool: ...
+
+
+class BlockSink(BlockSource, Protocol):
+    """What the fetcher needs from a block store."""
+
+    def put_block(self, cid: Cid, data: bytes | bytearray | memoryview) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CarRequest:
+    root: Cid
+    skip: int = 0
+    max_blocks: int = 0
+
+    def encode(self) -> bytes:
+        body = (
+            bytes([REQUEST_VERSION])
+            + encode_varint(len(self.root.raw))
+            + self.root.raw
+            + encode_varint(self.skip)
+            + encode_varint(self.max_blocks)
+        )
+        return encode_varint(len(body)) + body
+
+    @classmethod
+    def decode(cls, frame: bytes) -> CarRequest:
+        """Parse ``uvarint(len) || body`` exactly; `RemoteProtocolError` otherwise."""
+        length, pos = decode_varint(frame, 0)
+        if length > MAX_REQUEST or pos + length != len(frame):
+            raise RemoteProtocolError("CAR request has the wrong length")
+        if frame[pos] != REQUEST_VERSION:
+            raise RemoteProtocolError(f"unsupported CAR request version {frame[pos]}")
+        n, p = decode_varint(frame, pos + 1)
+        root = Cid.decode(frame[p : p + n])
+        skip, p = decode_varint(frame, p + n)
+        max_blocks, p = decode_varint(frame, p)
+        if p != len(frame):
+            raise RemoteProtocolError("trailing bytes in CAR request")
+        return cls(root, skip, max_blocks)
+
+
+class FetchError(SoraError):
+    """The DAG could not be fetched from any provider."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeConfig:
+    max_transfers: int = 8  # concurrent CAR transfers a server accepts
+    read_batch_bytes: int = 4 << 20  # server: blocks read from disk per thread hop
+    pipeline_depth: int = 8  # client: reads queued between the stream and the verifier
+    recv_size: int = 1 << 20
+    max_block_size: int = 8 << 20
+    idle_timeout: float = 30.0  # no byte for this long breaks a transfer
+    max_parallel: int = 4  # providers used at once by one fetch
+    max_attempts: int = 3  # per provider, for connection failures
+
+    def validate(self) -> None:
+        if min(self.max_transfers, self.max_parallel, self.max_attempts) < 1:
+            raise LocalProtocolError("limits must be >= 1")
+        if min(self.read_batch_bytes, self.pipeline_depth, self.recv_size) < 1:
+            raise LocalProtocolError("batch sizes must be positive")
+        if self.idle_timeout <= 0:
+            raise LocalProtocolError("idle_timeout must be positive")
+
+
+# -- server ----------------------------------------------------------------------
+
+
+class CarServer:
+    """Serves ``/sorap2p/car/1.0.0`` from a block source. See `serve_car`."""
+
+    def __init__(self, store: BlockSource, config: ExchangeConfig) -> None:
+        self.store = store
+        self.config = config
+        self.active = 0
+        self.served = 0
+        self.bytes_sent = 0
+
+    async def handle(self, raw: Any) -> None:
+        stream = Stream(raw)
+        try:
+            await self._handle(stream)
+        except ConnectionError as exc:
+            _log.debug("CAR transfer to %s broke: %s", stream.peer, exc)
+            await stream.reset()
+
+    async def _handle(self, stream: Stream) -> None:
+        buf = b""
+        with trio.move_on_after(self.config.idle_timeout):
+            while True:
+                try:
+                    length, pos = decode_varint(buf, 0)
+                except RemoteProtocolError:
+                    if len(buf) > 10:
+                        break
+                else:
+                    if len(buf) >= pos + length or pos + length > MAX_REQUEST:
+                        break
+                chunk = await stream.receive_some(MAX_REQUEST)
+                if not chunk:
+                    break
+                buf += chunk
+        try:
+            req = CarRequest.decode(buf)
+        except (RemoteProtocolError, IndexError) as exc:
+            _log.info("bad CAR request from %s: %s", stream.peer, exc)
+            await stream.send_all(bytes([Status.BAD_REQUEST]))
+            await stream.aclose()
+            return
+        if self.active >= self.config.max_transfers:
+            await stream.send_all(bytes([Status.BUSY]))
+            await stream.aclose()
+            return
+        if not await trio.to_thread.run_sync(self.store.has, req.root):
+            await stream.send_all(bytes([Status.NOT_FOUND]))
+            await stream.aclose()
+            return
+        self.active += 1
+        try:
+            await self._send_dag(stream, req)
+        finally:
+            self.active -= 1
+
+    async def _send_dag(self, stream: Stream, req: CarRequest) -> None:
+        walker = _DagWalker(self.store, req.root, req.skip, req.max_blocks)
+        await stream.send_all(bytes([Status.OK]) + encode_header([req.root]))
+        # read the next batch from disk (worker thread) while this one is being sent
+        send, recv = trio.open_memory_channel[list[bytes] | BaseException](1)
+
+        async def read_ahead() -> None:
+            async with send:
+                while True:
+                    try:
+                        batch = await trio.to_thread.run_sync(
+                            walker.next_batch, self.config.read_batch_bytes
+                        )
+                    except (BlockNotFound, IntegrityError) as exc:
+                        await send.send(exc)
+                        return
+                    await send.send(batch)
+                    if not batch:
+                        return
+
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_ahead)
+            try:
+                async with recv:
+                    async for item in recv:
+                        if isinstance(item, BaseException):
+                            failure = item
+                            break
+                        for chunk in item:
+                            await stream.send_all(chunk)
+                            self.bytes_sent += len(chunk)
+            except ConnectionError as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            _log.warning("cannot finish CAR of %s for %s: %s", req.root, stream.peer, failure)
+            await stream.reset()  # the client moves on to another provider
+            return
+        self.served += 1
+        await stream.aclose()
+
+    def statistics(self) -> dict[str, int]:
+        return {"active": self.active, "served": self.served, "bytes_sent": self.bytes_sent}
+
+
+class _DagWalker:
+    """Depth-first pre-order walk that yields ready-to-send CAR sections in batches."""
+
+    def __init__(self, store: BlockSource, root: Cid, skip: int, max_blocks: int) -> None:
+        self.store = store
+        self.stack = [root]
+        self.seen: set[bytes] = set()
+        self.index = 0
+        self.skip = skip
+        self.limit = skip + max_blocks if max_blocks else None
+
+    def next_batch(self, max_bytes: int) -> list[bytes]:
+        out: list[bytes] = []
+        size = 0
+        while self.stack and size < max_bytes:
+            if self.limit is not None and self.index >= self.limit:
+                self.stack.clear()
+                break
+            cid = self.stack.pop()
+            mh = cid.multihash
+            if mh in self.seen:
+                continue
+            self.seen.add(mh)
+            data = self.store.get(cid)
+            self.stack.extend(reversed(links_of(cid, data)))
+            if self.index >= self.skip:
+                # one write per section: py-libp2p's cost is per write, not per byte
+                section = encode_varint(len(cid.raw) + len(data)) + cid.raw + data
+                out.append(section)
+                size += len(section)
+            self.index += 1
+        return out
+
+
+@asynccontextmanager
+async def serve_car(
+    host: Host, store: BlockSource, config: ExchangeConfig | None = None
+) -> AsyncIterator[CarServer]:
+    """Serve the CAR protocol from ``store`` while the context is open."""
+    from libp2p.custom_types import TProtocol
+
+    cfg = config or ExchangeConfig()
+    cfg.validate()
+    server = CarServer(store, cfg)
+    host.raw.set_stream_handler(TProtocol(CAR_PROTOCOL), server.handle)
+    try:
+        yield server
+    finally:
+        host.raw.remove_stream_handler(TProtocol(CAR_PROTOCOL))
+
+
+# -- client ----------------------------------------------------------------------
+
+
+class ProviderError(SoraError):
+    """One provider failed one transfer (the fetch may still succeed elsewhere)."""
+
+    def __init__(self, message: str, *, misbehaved: bool) -> None:
+        super().__init__(message)
+        self.misbehaved = misbehaved
+
+
+@dataclass(slots=True)
+class _Job:
+    """The DAG under ``root``; progress survives a change of provider."""
+
+    root: Cid
+    received: int = 0  # blocks accepted so far, in the server's order
+    expected: set[bytes] = field(default_factory=set)  # multihashes linked, not yet seen
+    done: set[bytes] = field(default_factory=set)  # multihashes accepted
+    max_blocks: int = 0
+    short_ends: int = 0  # transfers that ended before the DAG was complete
+
+    def __post_init__(self) -> None:
+        if not self.done:
+            self.expected.add(self.root.multihash)
+
+    @property
+    def complete(self) -> bool:
+        return not self.expected and bool(self.done)
+
+
+@dataclass(slots=True)
+class FetchReport:
+    root: Cid
+    blocks: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    by_provider: dict[PeerId, int] = field(default_factory=dict)
+    failures: dict[PeerId, str] = field(default_factory=dict)
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.bytes / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Fetch:
+    def __init__(self, host: Host, store: BlockSink, root: Cid, config: ExchangeConfig) -> None:
+        self.host = host
+        self.store = store
+        self.config = config
+        self.report = FetchReport(root)
+
+    async def transfer(self, peer: PeerId, job: _Job) -> None:
+        """Run ``job`` against ``peer`` until it completes or fails (`ProviderError`)."""
+        try:
+            stream = await open_stream(self.host, peer, [CAR_PROTOCOL])
+        except ConnectionError as exc:
+            raise ProviderError(str(exc), misbehaved=False) from exc
+        try:
+            await self._receive(stream, peer, job)
+        except ConnectionError as exc:
+            raise ProviderError(f"connection broke: {exc}", misbehaved=False) from exc
+        except (RemoteProtocolError, IntegrityError) as exc:
+            await stream.reset()
+            raise ProviderError(f"sent invalid data: {exc}", misbehaved=True) from exc
+        finally:
+            await stream.aclose()
+
+    async def _receive(self, stream: Stream, peer: PeerId, job: _Job) -> None:
+        req = CarRequest(job.root, job.received, job.max_blocks)
+        await stream.send_all(req.encode())
+        await stream.send_eof()
+        reader = CarReader(max_block_size=self.config.max_block_size)
+        await self._read_car(stream, reader, job, peer)
+        if job.max_blocks and job.received >= job.max_blocks:
+            return
+        if not job.complete:
+            # a reset stream can look like a clean end at a block boundary: resume; if it
+            # happens again, restart the job from its root (a provider may have sent the
+            # blocks in another order, which makes ``skip`` meaningless)
+            job.short_ends += 1
+            if job.short_ends >= 2:
+                job.received = 0
+            raise ConnectionError(f"CAR ended with {len(job.expected)} linked blocks missing")
+
+    async def _read_car(self, stream: Stream, reader: CarReader, job: _Job, peer: PeerId) -> None:
+        """A three-stage pipeline: the stream reader (a task), the parser-verifier and the
+        writer (worker threads). Hashing and file writes run beside the event loop (which
+        does Noise and Yamux) and beside each other; the channels between the stages bound
+        memory to ``pipeline_depth`` reads plus two lists of verified blocks.
+        """
+        chunks_send, chunks_recv = trio.open_memory_channel[bytes | BaseException](
+            self.config.pipeline_depth
+        )
+        blocks_send, blocks_recv = trio.open_memory_channel[list[tuple[Cid, bytes]]](2)
+        failure: BaseException | None = None
+        write_failure: list[BaseException] = []
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._writer, blocks_recv, peer, write_failure)
+            async with blocks_send, trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, stream, chunks_send)
+                try:
+                    async with chunks_recv:
+                        async for item in chunks_recv:
+                            if isinstance(item, BaseException):
+                                raise item
+                            accepted: list[tuple[Cid, bytes]] = []
+                            try:
+                                ended = await trio.to_thread.run_sync(
+                                    self._parse, reader, job, item, accepted
+                                )
+                            finally:
+                                # verified before any error: store them (the job counts them)
+                                if accepted:
+                                    with trio.CancelScope(shield=True):
+                                        await blocks_send.send(accepted)
+                            if ended or write_failure:
+                                break
+                except (ConnectionError, RemoteProtocolError, IntegrityError, ProviderError) as exc:
+                    failure = exc
+                nursery.cancel_scope.cancel()
+        if write_failure:
+            raise write_failure[0]
+        if failure is not None:
+            raise failure
+
+    async def _writer(
+        self,
+        recv: trio.MemoryReceiveChannel[list[tuple[Cid, bytes]]],
+        peer: PeerId,
+        failure: list[BaseException],
+    ) -> None:
+        """Write verified blocks (worker thread) until the parser closes the channel."""
+
+        def write(blocks: list[tuple[Cid, bytes]]) -> None:
+            for cid, data in blocks:
+                self.store.put_block(cid, data)
+
+        async with recv:
+            async for blocks in recv:
+                if failure:
+                    continue  # drain
+                try:
+                    await trio.to_thread.run_sync(write, blocks)
+                except (OSError, IntegrityError, LocalProtocolError) as exc:
+                    failure.append(exc)
+                    continue
+                self._count(peer, len(blocks), sum(len(d) for _, d in blocks))
+
+    async def _pump(
+        self, stream: Stream, send: trio.MemorySendChannel[bytes | BaseException]
+    ) -> None:
+        """Read the status byte and the CAR bytes; ``b""`` marks the end; errors are sent."""
+        async with send:
+            try:
+                status: int | None = None
+                while True:
+                    with trio.move_on_after(self.config.idle_timeout) as idle:
+                        data = await stream.receive_some(self.config.recv_size)
+                    if idle.cancelled_caught:
+                        raise ConnectionError(f"no data for {self.config.idle_timeout} s")
+                    if status is None:
+                        if not data:
+                            raise ConnectionError("stream closed before a status")
+                        status, data = data[0], data[1:]
+                        if status != Status.OK:
+                            known = status in Status._value2member_map_
+                            name = Status(status).name if known else str(status)
+                            raise ProviderError(f"answered {name}", misbehaved=False)
+                        if not data:
+                            continue
+                    await send.send(data)
+                    if not data:
+                        return
+            except (ConnectionError, ProviderError) as exc:
+                await send.send(exc)
+
+    def _parse(
+        self, reader: CarReader, job: _Job, data: bytes, accepted: list[tuple[Cid, bytes]]
+    ) -> bool:
+        """Worker thread: parse and verify what ``data`` completes; True at the CAR's end.
+
+        Verified, solicited blocks are appended to ``accepted`` as they pass, so that
+        those before an error are kept.
+        """
+        reader.receive_data(data)
+        while True:
+            event = reader.next_event()
+            if event is NEED_DATA:
+                return False
+            if event is END:
+                return True
+            if isinstance(event, CarHeader):
+                if event.roots != (job.root,):
+                    raise RemoteProtocolError("CAR roots do not match the request")
+                continue
+            assert isinstance(event, CarBlock)
+            if self._accept(job, event):
+                accepted.append((event.cid, event.data))
+
+    def _count(self, peer: PeerId, blocks: int, nbytes: int) -> None:
+        self.report.blocks += blocks
+        self.report.bytes += nbytes
+        if blocks:
+            self.report.by_provider[peer] = self.report.by_provider.get(peer, 0) + blocks
+
+    def _accept(self, job: _Job, block: CarBlock) -> bool:
+        """Check membership and update the job; False for a block already accepted."""
+        mh = block.cid.multihash
+        if mh in job.done:  # a re-sent block after a restart from scratch
+            job.received += 1
+            return False
+        if mh not in job.expected:
+            raise RemoteProtocolError(f"unsolicited block {block.cid}")
+        try:
+            links = links_of(block.cid, block.data)
+        except CodecError as exc:
+            raise RemoteProtocolError(f"undecodable block {block.cid}: {exc}") from exc
+        job.expected.discard(mh)
+        job.done.add(mh)
+        job.received += 1
+        for link in links:
+            lmh = link.multihash
+            if lmh not in job.done:
+                job.expected.add(lmh)
+        return True
+
+
+async def fetch_dag(
+    host: Host,
+    store: BlockSink,
+    root: Cid,
+    providers: Sequence[PeerId],
+    config: ExchangeConfig | None = None,
+) -> FetchReport:
+    """Fetch the DAG under ``root`` into ``store`` from ``providers`` (connected peers).
+
+    Raises `FetchError` when no provider can deliver it. See the module docstring.
+    """
+    cfg = config or ExchangeConfig()
+    cfg.validate()
+    if not providers:
+        raise FetchError("no providers")
+    fetch = _Fetch(host, store, root, cfg)
+    started = time.perf_counter()
+    live = list(dict.fromkeys(providers))
+    attempts: dict[PeerId, int] = {}
+
+    async def run(job: _Job) -> None:
+        """Run one job, moving through providers until it completes."""
+        while True:
+            candidates = [p for p in live if attempts.get(p, 0) < cfg.max_attempts]
+            if not candidates:
+                raise FetchError(f"every provider failed for {job.root}: {fetch.report.failures}")
+            peer = min(candidates, key=lambda p: (busy.get(p, 0), attempts.get(p, 0)))
+            busy[peer] = busy.get(peer, 0) + 1
+            try:
+                await fetch.transfer(peer, job)
+                return
+            except ProviderError as exc:
+                fetch.report.failures[peer] = str(exc)
+                _log.info("provider %s failed for %s: %s", peer, job.root, exc)
+                if exc.misbehaved:
+                    if peer in live:
+                        live.remove(peer)
+                else:
+                    attempts[peer] = attempts.get(peer, 0) + 1
+            finally:
+                busy[peer] -= 1
+
+    busy: dict[PeerId, int] = {}
+    if len(live) == 1:
+        # one provider: one stream for the whole DAG (no per-job round trips)
+        await run(_Job(root))
+        fetch.report.seconds = time.perf_counter() - started
+        return fetch.report
+    # 1. the root block alone, to learn how to split the work
+    head = _Job(root, max_blocks=1)
+    await run(head)
+    root_data = await trio.to_thread.run_sync(store.get, root)
+    children = list(dict.fromkeys(links_of(root, root_data)))
+    # 2. the root's children as independent jobs, up to max_parallel at once (several
+    # per provider when there are few providers: that hides the per-job round trip)
+    jobs = [_Job(c) for c in children if c.multihash not in head.done]
+    limiter = trio.CapacityLimiter(cfg.max_parallel)
+
+    errors: list[FetchError] = []
+
+    async def limited(job: _Job) -> None:
+        async with limiter:
+            if errors:
+                return
+            try:
+                await run(job)
+            except FetchError as exc:
+                errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(limited, job)
+    if errors:
+        raise errors[0]
+    fetch.report.seconds = time.perf_counter() - started
+    return fetch.report
