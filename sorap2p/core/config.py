@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from sorap2p.core.errors import ConfigError, RemoteProtocolError
-from sorap2p.core.ids import Role, SubnetId
+from sorap2p.core.ids import PeerId, Role, SubnetId
 
 ENV_PREFIX: Final = "SORAP2P_"
 T = TypeVar("T")
@@ -90,6 +90,17 @@ class RoundSection:
     min_participants: int = field(default=1, metadata=doc("updates needed to aggregate"))
     strategy: str = field(default="fedavg", metadata=doc("aggregation strategy"))
     rounds: int = field(default=0, metadata=doc("rounds to run (0: forever)"))
+    expected_participants: int = field(
+        default=0, metadata=doc("aggregate as soon as this many updates are in (0: at deadline)")
+    )
+    fetch_grace_s: float = field(default=10.0, metadata=doc("wait for in-flight fetches"))
+    proof_timeout_s: float = field(default=120.0, metadata=doc("wait for the quorum proof"))
+    pause_s: float = field(default=1.0, metadata=doc("pause between rounds"))
+    validators: tuple[str, ...] = field(
+        default=(), metadata=doc("validator peer ids when no chain is configured")
+    )
+    quorum: int = field(default=1, metadata=doc("votes needed when no chain is configured"))
+    backup_s: float = field(default=15.0, metadata=doc("backup submitter delay per position"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +158,13 @@ class Config:
             raise ConfigError("learn.num_threads: expected a positive integer")
         if self.round.duration_s <= 0 or self.round.min_participants < 1:
             raise ConfigError("round: duration_s must be > 0 and min_participants >= 1")
+        if self.round.quorum < 1 or self.round.quorum > max(len(self.round.validators), 1):
+            raise ConfigError("round.quorum: expected 1 <= quorum <= len(round.validators)")
+        for peer in self.round.validators:
+            try:
+                PeerId.parse(peer)
+            except RemoteProtocolError as exc:
+                raise ConfigError(f"round.validators: {peer!r} is not a peer id ({exc})") from None
         if self.chain.confirmations < 0:
             raise ConfigError("chain.confirmations: expected a non-negative integer")
         return self

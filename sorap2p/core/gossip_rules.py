@@ -41,6 +41,9 @@ class SubnetView:
     aggregator: PeerId | None = None
     members: Mapping[PeerId, Role] = field(default_factory=dict)
     validator_addresses: Mapping[bytes, PeerId] = field(default_factory=dict)
+    validators: tuple[PeerId, ...] = ()  # the current validator set
+    validator_set_version: int = 0
+    quorum: int = 1
 
     def has_role(self, peer: PeerId, role: Role) -> bool:
         if not self.members:

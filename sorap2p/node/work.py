@@ -8,6 +8,7 @@ are computed in float64), which is what lets validators sign the same round reco
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,8 +43,12 @@ class ModelContext:
     """A model architecture and its flat parameter layout (one per process and model ref)."""
 
     ref: str
-    module: torch.nn.Module
+    module: torch.nn.Module  # a template: never trained or evaluated in place
     spec: ParamSpec
+
+    def fresh(self) -> torch.nn.Module:
+        """A private copy of the model for one computation (threads must not share one)."""
+        return copy.deepcopy(self.module)
 
 
 @lru_cache(maxsize=4)
@@ -120,9 +125,10 @@ def train_update(
     ctx = model_context(ro.model)
     global_vec = load_vector(store, ro.global_model, ctx)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + ro.round.number)
-    res = local_train(ctx.module, ctx.spec, global_vec, data, cfg, gen)
+    module = ctx.fresh()
+    res = local_train(module, ctx.spec, global_vec, data, cfg, gen)
     delta = res.delta if transform is None else transform(res.delta, global_vec)
-    ev = evaluate(ctx.module, data, vector=global_vec + delta, spec=ctx.spec)
+    ev = evaluate(module, data, vector=global_vec + delta, spec=ctx.spec)
     recipients = {r.peer: r.x25519 for r in ro.recipients if r.peer != identity.peer_id}
     pid = payload_id(ro.subnet, ro.round, identity.peer_id)
     cid = encrypt_update(store, delta.contiguous(), recipients, pid)
@@ -267,7 +273,7 @@ def recheck_round(
     mine = aggregate_round(store, ro, updates, rows, global_vec, ctx)
     evaluation = None
     if held_out is not None:
-        evaluation = evaluate(ctx.module, held_out, vector=mine.vector, spec=ctx.spec)
+        evaluation = evaluate(ctx.fresh(), held_out, vector=mine.vector, spec=ctx.spec)
     if gm.parent != ro.global_model:
         return Recheck(False, "wrong parent model", mine, evaluation)
     if tuple(a.update for a in updates) != gm.updates:

@@ -115,15 +115,14 @@ class SimNet:
             )
             for i, t in enumerate(self.cast.trainers)
         ]
-        addrs = tuple(eth_address(i) for i in range(cfg.validators))
+        peers = tuple(v.peer_id for v in self.cast.validators)
         self.validators = [
             Driver(
                 ValidatorMachine(
                     ValidatorParams(
                         subnet=SUBNET,
                         me=v.peer_id,
-                        eth_address=eth_address(i),
-                        validators=addrs,
+                        validators=peers,
                         quorum=cfg.quorum,
                         aggregator=self.cast.aggregator.peer_id,
                         model_grace_ms=20_000,

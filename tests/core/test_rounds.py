@@ -279,8 +279,7 @@ def val_machine(i: int = 0, n: int = 3, k: int = 2) -> ValidatorMachine:
         ValidatorParams(
             subnet=SUBNET,
             me=CAST.validators[i].peer_id,
-            eth_address=eth_address(i),
-            validators=tuple(eth_address(j) for j in range(n)),
+            validators=tuple(CAST.validators[j].peer_id for j in range(n)),
             quorum=k,
             aggregator=CAST.aggregator.peer_id,
             model_grace_ms=10_000,
@@ -322,10 +321,6 @@ def drive_to_check(v: ValidatorMachine) -> m.RoundOpen:
 
 
 class TestValidator:
-    def order(self) -> list[int]:
-        """Validator indices in ascending address order."""
-        return sorted(range(3), key=eth_address)
-
     def test_primary_submits_on_quorum(self) -> None:
         # pick the validator that is primary for round 1
         primary = next(i for i in range(3) if val_machine(i).params.position(R1) == 0)
@@ -340,7 +335,7 @@ class TestValidator:
         acts = v.handle(VoteSeen(vote(primary, ro, b"d" * 32)), 32_100)
         (proof,) = acts
         assert isinstance(proof, SubmitProof)
-        expected = sorted([primary, other], key=eth_address)
+        expected = sorted([primary, other], key=lambda i: CAST.validators[i].peer_id)
         assert proof.signatures == tuple(bytes([i]) * 65 for i in expected)
         assert v.handle(VoteSeen(vote(3 - primary - other, ro, b"d" * 32)), 32_200) == []
         acts = v.handle(ProofObserved(R1, b"\x02" * 32), 33_000)

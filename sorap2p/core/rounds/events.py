@@ -184,7 +184,8 @@ class CastVote:
 
 @dataclass(frozen=True, slots=True)
 class SubmitProof:
-    """Post ``submitRound`` with these EIP-712 signatures (ascending signer address)."""
+    """Post ``submitRound`` with these EIP-712 signatures (k of them; the node sorts them
+    by ascending signer address, as the contract requires)."""
 
     round: RoundId
     record_digest: bytes

@@ -1,6 +1,6 @@
 """The validator's round machine: observe, check, vote, and submit the quorum proof.
 
-Submission rotates: validators are ordered by Ethereum address; for round r the validator
+Submission rotates: validators are ordered by peer id; for round r the validator
 at index ``r mod n`` submits as soon as it holds k approving signatures for its digest; the
 one at rotation position p (distance from that index) submits after ``p * backup_ms`` if no
 proof was observed by then. A duplicate submission is refused by the contract (the node
@@ -47,14 +47,13 @@ class ValState(enum.Enum):
 class ValidatorParams:
     subnet: SubnetId
     me: PeerId
-    eth_address: bytes  # 20 bytes
-    validators: tuple[bytes, ...]  # the validator set's addresses (any order)
+    validators: tuple[PeerId, ...]  # the validator set (any order)
     quorum: int
     aggregator: PeerId | None = None
     model_grace_ms: int = 60_000  # after the deadline, how long to wait for the model
     backup_ms: int = 15_000
     vote_timeout_ms: int = 180_000
-    sorted_validators: tuple[bytes, ...] = field(init=False)
+    sorted_validators: tuple[PeerId, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sorted_validators", tuple(sorted(set(self.validators))))
@@ -62,9 +61,9 @@ class ValidatorParams:
     def position(self, round: RoundId) -> int:
         """Our distance from the round's primary submitter in the rotation."""
         order = self.sorted_validators
-        if self.eth_address not in order:
+        if self.me not in order:
             return len(order)
-        mine = order.index(self.eth_address)
+        mine = order.index(self.me)
         return (mine - round.number) % len(order)
 
 
@@ -177,7 +176,7 @@ class ValidatorMachine(Machine[ValState]):
         self.announces: dict[bytes, AnnounceReceived] = {}
         self.model: GlobalModel | None = None
         self.rankings: Rankings | None = None
-        self.votes: dict[bytes, ValidationVote] = {}  # by eth address
+        self.votes: dict[PeerId, ValidationVote] = {}  # by validator
         self.digest: bytes | None = None
         self.approved = False
         self.submitted = False
@@ -287,9 +286,9 @@ class ValidatorMachine(Machine[ValState]):
         return ValState.CHECKING, [CheckRound(ro, model, rankings, seen)]
 
     def _record_vote(self, vote: ValidationVote) -> None:
-        if vote.round != self.round or vote.eth_address not in self.params.sorted_validators:
+        if vote.round != self.round or vote.signer not in self.params.sorted_validators:
             return
-        self.votes.setdefault(vote.eth_address, vote)
+        self.votes.setdefault(vote.signer, vote)
 
     def _approvals(self) -> list[ValidationVote]:
         if not self.approved or self.digest is None:
@@ -305,7 +304,8 @@ class ValidatorMachine(Machine[ValState]):
         k = self.params.quorum
         if len(approvals) < k or self.round is None or self.digest is None:
             return None
-        sigs = tuple(v.eth_signature for v in approvals[:k])  # ascending signer address
+        # the first k approvals in peer-id order; the node orders them by signer address
+        sigs = tuple(v.eth_signature for v in approvals[:k])
         return SubmitProof(self.round, self.digest, sigs)
 
     def _quorum_actions(self, now: int) -> list[Any]:

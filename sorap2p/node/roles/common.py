@@ -1,0 +1,66 @@
+"""Pieces shared by the role loops."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from sorap2p.core.codec import decode
+from sorap2p.core.errors import RemoteProtocolError
+from sorap2p.core.topics import TopicKind
+from sorap2p.node.driver import Driver
+from sorap2p.node.services import Services
+
+_log = logging.getLogger(__name__)
+
+
+async def pump(
+    services: Services,
+    kind: TopicKind,
+    driver: Driver,
+    make_event: Callable[[Any, int], Any | None],
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Subscribe to ``kind`` and feed each (already validated) message to ``driver``."""
+    sub = await services.subscribe(kind)
+    task_status.started()
+    async for item in sub:
+        try:
+            msg: Any = decode(item.data, kind.message_type)
+        except RemoteProtocolError as exc:  # validated already; should not happen
+            _log.warning("undecodable %s message after validation: %s", kind.value, exc)
+            continue
+        event = make_event(msg, services.now())
+        if event is not None:
+            await driver.feed(event)
+
+
+class Tasks:
+    """Named background tasks of a role that can be cancelled (training, fetching)."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._scopes: dict[Any, trio.CancelScope] = {}
+
+    def start(self, key: Any, fn: Callable[[], Any]) -> None:
+        scope = trio.CancelScope()
+        self._scopes[key] = scope
+
+        async def run() -> None:
+            with scope:
+                try:
+                    await fn()
+                finally:
+                    if self._scopes.get(key) is scope:
+                        del self._scopes[key]
+
+        self._nursery.start_soon(run)
+
+    def cancel(self, key: Any) -> None:
+        scope = self._scopes.pop(key, None)
+        if scope is not None:
+            scope.cancel()

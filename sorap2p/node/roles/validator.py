@@ -1,0 +1,259 @@
+"""The validator role: watch the round, re-check the aggregator's work on the decrypted
+updates, score it on held-out data, vote with an EIP-712 signature of the round record (or
+dispute), and get the quorum proof on chain by rotation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import trio
+
+from sorap2p.chain.proof import RoundRecord, UpdateLeaf
+from sorap2p.core import messages as m
+from sorap2p.core.cid import Cid
+from sorap2p.core.ids import PeerId, Role, RoundId
+from sorap2p.core.rounds.events import (
+    AnnounceReceived,
+    CastVote,
+    CheckDone,
+    CheckRound,
+    ModelPublished,
+    ProofObserved,
+    RaiseDispute,
+    RankingsPublished,
+    RoundFinished,
+    RoundOpened,
+    SubmitProof,
+    VoteSeen,
+    WorkFailed,
+)
+from sorap2p.core.rounds.validator import ValidatorMachine, ValidatorParams
+from sorap2p.core.topics import TopicKind
+from sorap2p.learn.data import load_dataset
+from sorap2p.node import work
+from sorap2p.node.driver import Driver
+from sorap2p.node.logs import bind
+from sorap2p.node.proofs import ProofBackend, digest_of, sign
+from sorap2p.node.roles.common import Tasks, pump
+from sorap2p.node.services import Services
+
+_log = logging.getLogger(__name__)
+
+
+def eth_address_bytes(address: str) -> bytes:
+    return bytes.fromhex(address.removeprefix("0x"))
+
+
+async def run_validator(services: Services, proofs: ProofBackend) -> None:
+    log = bind(
+        _log, role="validator", subnet=str(services.subnet), peer=str(services.identity.peer_id)
+    )
+    cfg = services.config
+    view = services.view.get()
+    validators = view.validators or tuple(
+        sorted({services.identity.peer_id, *(PeerId.parse(p) for p in cfg.round.validators)})
+    )
+    quorum = view.quorum if view.validators else cfg.round.quorum
+    machine = ValidatorMachine(
+        ValidatorParams(
+            subnet=services.subnet,
+            me=services.identity.peer_id,
+            validators=validators,
+            quorum=quorum,
+            aggregator=view.aggregator,
+            model_grace_ms=int(cfg.round.fetch_grace_s * 1000) + 60_000,
+            backup_ms=int(cfg.round.backup_s * 1000),
+            vote_timeout_ms=int(cfg.round.proof_timeout_s * 1000),
+        )
+    )
+    held_out = (await trio.to_thread.run_sync(load_dataset, cfg.learn.dataset)).test
+    my_address = eth_address_bytes(proofs.key.address)
+    records: dict[RoundId, RoundRecord] = {}
+    status: dict[str, Any] = services.extras.setdefault("status", {})
+    status.update(role=Role.VALIDATOR.value, votes=[], proofs=[])
+
+    async with trio.open_nursery() as nursery:
+        tasks = Tasks(nursery)
+
+        async def check_round(action: CheckRound) -> None:
+            ro, gm, rk = action.round_open, action.model, action.rankings
+            try:
+                ctx = work.model_context(ro.model, cfg.learn.seed)
+                by_cid = {a.message.update: a for a in action.announces}
+                missing = [c for c in gm.updates if c not in by_cid]
+                if missing:
+                    raise ValueError(f"{len(missing)} accepted updates were never announced")
+                updates = [by_cid[c].message for c in gm.updates]
+                await services.fetch_dag(ro.global_model, [ro.signer])
+                await services.fetch_dag(gm.model, [gm.signer])
+                await services.fetch_dag(gm.metadata, [gm.signer])
+                rows = torch.empty(len(updates), ctx.spec.size, dtype=torch.float32)
+                for i, a in enumerate(updates):
+                    await services.fetch_dag(a.update, [a.signer, gm.signer])
+                    await trio.to_thread.run_sync(
+                        work.open_update,
+                        services.blocks,
+                        services.identity,
+                        a.update,
+                        ctx,
+                        rows[i],
+                    )
+                recheck = await trio.to_thread.run_sync(
+                    work.recheck_round, services.blocks, ro, gm, rk, updates, rows, ctx, held_out
+                )
+            except Exception as exc:
+                log.warning("round %s: cannot check: %s", ro.round, exc)
+                await driver.feed(WorkFailed(str(exc)[:200]))
+                return
+            late = [a for a in updates if a.timestamp > ro.deadline + 30_000]
+            ok, reason = recheck.ok, recheck.reason
+            if ok and late:
+                ok, reason = False, f"{len(late)} updates outside the round window"
+            assert recheck.result is not None
+            v = services.view.get()
+            record = RoundRecord.build(
+                subnet=ro.subnet,
+                round=ro.round,
+                validator_set_version=max(1, v.validator_set_version),
+                parent=ro.global_model,
+                model=gm.model,
+                updates=[UpdateLeaf.of(a.update, a.signer, a.timestamp) for a in updates],
+                metadata_hash=recheck.result.metadata_hash,
+                aggregator=gm.signer,
+                ranking=recheck.result.reputation,
+            )
+            records[ro.round] = record
+            acc = recheck.evaluation.accuracy if recheck.evaluation else float("nan")
+            status["last_check"] = {
+                "round": ro.round.number,
+                "ok": ok,
+                "reason": reason,
+                "accuracy": acc,
+            }
+            log.info(
+                "round %s: %s (held-out accuracy %.4f)",
+                ro.round,
+                "approve" if ok else f"reject: {reason}",
+                acc,
+            )
+            await driver.feed(
+                CheckDone(ok, digest_of(proofs, record), reason, None if ok else gm.signer)
+            )
+
+        async def check(action: CheckRound) -> None:
+            try:
+                await check_round(action)
+            except Exception as exc:  # a failed check abstains; it never kills the role
+                log.exception("round %s: check failed", action.round_open.round)
+                await driver.feed(WorkFailed(f"check failed: {exc}"[:200]))
+
+        async def submit(action: SubmitProof) -> None:
+            record = records.get(action.round)
+            if record is None:
+                return
+            try:
+                tx = await proofs.submit(record, action.signatures)
+            except Exception as exc:
+                log.warning("round %s: proof submission failed: %s", action.round, exc)
+                return
+            proof = m.QuorumProof(
+                subnet=services.subnet,
+                round=action.round,
+                record_digest=action.record_digest,
+                signatures=action.signatures,
+                tx_hash=tx,
+                signer=services.identity.peer_id,
+            )
+            status["proofs"].append({"round": action.round.number, "tx": tx.hex()})
+            log.info("round %s: proof submitted (tx %s)", action.round, tx.hex() or "gossip")
+            await services.publish(proof)
+            await driver.feed(ProofObserved(action.round, tx))
+
+        async def watch_chain(round: RoundId) -> None:
+            while True:
+                await trio.sleep(1.0)
+                try:
+                    if await proofs.recorded(services.subnet, round):
+                        await driver.feed(ProofObserved(round, b""))
+                        return
+                except Exception as exc:
+                    log.debug("chain poll failed: %s", exc)
+
+        async def perform(action: Any) -> None:
+            if isinstance(action, CheckRound):
+                tasks.start(("check", action.round_open.round), lambda: check(action))
+            elif isinstance(action, CastVote):
+                record = records.get(action.round)
+                sig = sign(proofs, record) if action.approve and record is not None else b""
+                vote = m.ValidationVote(
+                    subnet=services.subnet,
+                    round=action.round,
+                    model=action.model,
+                    approve=action.approve and bool(sig),
+                    record_digest=action.record_digest,
+                    eth_address=my_address,
+                    eth_signature=sig,
+                    reason=action.reason,
+                    signer=services.identity.peer_id,
+                )
+                signed = m.sign(services.identity, vote)
+                status["votes"].append({"round": action.round.number, "approve": vote.approve})
+                await services.publish(vote)
+                await driver.feed(VoteSeen(signed))
+                tasks.start(("watch", action.round), lambda: watch_chain(action.round))
+            elif isinstance(action, SubmitProof):
+                tasks.start(("submit", action.round), lambda: submit(action))
+            elif isinstance(action, RaiseDispute):
+                await services.publish(
+                    m.Dispute(
+                        subnet=services.subnet,
+                        round=action.round,
+                        accused=action.accused,
+                        reason=action.reason[:64],
+                        evidence=records_evidence(action.round),
+                        tx_hash=b"",
+                        signer=services.identity.peer_id,
+                    )
+                )
+                try:
+                    await proofs.dispute(services.subnet, action.round, action.reason)
+                except Exception as exc:
+                    log.warning("round %s: on-chain dispute failed: %s", action.round, exc)
+            elif isinstance(action, RoundFinished):
+                tasks.cancel(("watch", action.round))
+                status["last_round"] = {
+                    "round": action.round.number,
+                    "ok": action.ok,
+                    "reason": action.reason,
+                }
+
+        def records_evidence(round: RoundId) -> Cid:
+            gm = machine.model
+            return gm.metadata if gm is not None else Cid.hash(b"")
+
+        driver = Driver(machine, perform, services.clock)
+        services.extras["driver"] = driver
+        await nursery.start(driver.run)
+        await nursery.start(
+            pump, services, TopicKind.ROUNDS, driver, lambda msg, now: RoundOpened(msg)
+        )
+        await nursery.start(
+            pump, services, TopicKind.UPDATES, driver, lambda msg, now: AnnounceReceived(msg, now)
+        )
+        await nursery.start(
+            pump, services, TopicKind.MODELS, driver, lambda msg, now: ModelPublished(msg)
+        )
+        await nursery.start(
+            pump, services, TopicKind.RANKINGS, driver, lambda msg, now: RankingsPublished(msg)
+        )
+        await nursery.start(pump, services, TopicKind.VOTES, driver, lambda msg, now: VoteSeen(msg))
+        await nursery.start(
+            pump,
+            services,
+            TopicKind.PROOFS,
+            driver,
+            lambda msg, now: ProofObserved(msg.round, msg.tx_hash),
+        )
+        log.info("validator ready (%d validators, quorum %d)", len(validators), quorum)
