@@ -75,9 +75,10 @@ class ChainSection:
 class LearnSection:
     model: str = field(default="digits_cnn", metadata=doc("model registry name or pkg.mod:fn"))
     dataset: str = field(default="digits", metadata=doc("built-in demo dataset"))
-    epochs: int = field(default=1, metadata=doc("local epochs per round"))
-    batch_size: int = field(default=32, metadata=doc("local batch size"))
-    lr: float = field(default=0.05, metadata=doc("local learning rate"))
+    epochs: int = field(default=3, metadata=doc("local epochs per round"))
+    batch_size: int = field(default=16, metadata=doc("local batch size"))
+    lr: float = field(default=0.1, metadata=doc("local learning rate"))
+    momentum: float = field(default=0.5, metadata=doc("local SGD momentum"))
     prox_mu: float = field(default=0.0, metadata=doc("FedProx proximal term (0: FedAvg)"))
     num_threads: int = field(default=1, metadata=doc("torch intra-op threads"))
     seed: int = field(default=0, metadata=doc("seed for data partitioning and init"))
@@ -96,6 +97,10 @@ class RoundSection:
     fetch_grace_s: float = field(default=10.0, metadata=doc("wait for in-flight fetches"))
     proof_timeout_s: float = field(default=120.0, metadata=doc("wait for the quorum proof"))
     pause_s: float = field(default=1.0, metadata=doc("pause between rounds"))
+    start_peers: int = field(
+        default=0, metadata=doc("peers on the rounds topic before the first round opens")
+    )
+    start_timeout_s: float = field(default=120.0, metadata=doc("longest wait for start_peers"))
     validators: tuple[str, ...] = field(
         default=(), metadata=doc("validator peer ids when no chain is configured")
     )
@@ -152,6 +157,8 @@ class Config:
             raise ConfigError("store.profile: expected v1-2025 or v0-256k")
         if self.store.chunk_size < 1024 or self.store.chunk_size > 4 << 20:
             raise ConfigError("store.chunk_size: expected 1 KiB .. 4 MiB")
+        if not 0 <= self.learn.momentum < 1:
+            raise ConfigError("learn.momentum: expected 0 <= momentum < 1")
         if self.learn.epochs < 1 or self.learn.batch_size < 1 or self.learn.lr <= 0:
             raise ConfigError("learn: epochs and batch_size must be >= 1 and lr > 0")
         if self.learn.num_threads < 1:

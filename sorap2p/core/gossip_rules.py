@@ -41,7 +41,8 @@ class SubnetView:
     aggregator: PeerId | None = None
     members: Mapping[PeerId, Role] = field(default_factory=dict)
     validator_addresses: Mapping[bytes, PeerId] = field(default_factory=dict)
-    validators: tuple[PeerId, ...] = ()  # the current validator set
+    validators: tuple[PeerId, ...] = ()  # the current validator set (joined members)
+    validator_set_size: int = 0  # how many addresses the chain's validator set lists
     validator_set_version: int = 0
     quorum: int = 1
 

@@ -52,6 +52,7 @@ class TrainingParams:
     batch_size: int = field(metadata=spec(min_value=1, max_value=1 << 20))
     lr: float = field(metadata=spec(min_value=0.0, max_value=100.0))
     prox_mu: float = field(default=0.0, metadata=spec(min_value=0.0, max_value=100.0))
+    momentum: float = field(default=0.0, metadata=spec(min_value=0.0, max_value=0.999))
 
 
 @message("round_open", max_size=32 * 1024)

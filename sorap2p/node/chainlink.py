@@ -78,6 +78,7 @@ class RegistryView:
             members=members,
             validator_addresses=addr_to_peer,
             validators=tuple(sorted(addr_to_peer.values())),
+            validator_set_size=len(self.validator_addresses),
             validator_set_version=self.version,
             quorum=self.quorum,
         )

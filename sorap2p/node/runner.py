@@ -18,6 +18,7 @@ from sorap2p.node.home import Home
 from sorap2p.node.logs import bind, setup_logging
 from sorap2p.node.proofs import GossipOnlyProofs, ProofBackend
 from sorap2p.node.services import Services, open_services
+from sorap2p.node.status import STATUS_FILE, snapshot, write_status, write_status_forever
 
 _log = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ async def run_node(
                     stop.set()
 
                 nursery.start_soon(watch_signals)
+                nursery.start_soon(write_status_forever, services)
                 nursery.start_soon(role)
                 await stop.wait()
                 nursery.cancel_scope.cancel()
+            write_status(home.path / STATUS_FILE, snapshot(services))
     log.info("stopped")
     return 0

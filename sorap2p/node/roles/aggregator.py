@@ -35,11 +35,11 @@ from sorap2p.core.rounds.events import (
     UpdateChecked,
     WorkFailed,
 )
-from sorap2p.core.topics import TopicKind
+from sorap2p.core.topics import Topic, TopicKind
 from sorap2p.node import work
 from sorap2p.node.driver import Driver
 from sorap2p.node.logs import bind
-from sorap2p.node.roles.common import Tasks, pump
+from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set
 from sorap2p.node.services import Services
 
 _log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def aggregator_params(services: Services) -> AggregatorParams:
             batch_size=cfg.learn.batch_size,
             lr=cfg.learn.lr,
             prox_mu=cfg.learn.prox_mu,
+            momentum=cfg.learn.momentum,
         ),
         expected_participants=cfg.round.expected_participants,
         fetch_grace_ms=int(cfg.round.fetch_grace_s * 1000),
@@ -256,6 +257,13 @@ async def run_aggregator(services: Services, *, ready: trio.Event | None = None)
             ready.set()
         log.info("aggregator ready (head round %d)", current.round)
 
+        await wait_for_validator_set(services, cfg.round.start_timeout_s)
+        if cfg.round.start_peers:
+            with trio.move_on_after(cfg.round.start_timeout_s):
+                await services.gossip.wait_for_topic_peers(
+                    Topic(services.subnet, TopicKind.ROUNDS), cfg.round.start_peers
+                )
+            await trio.sleep(2.0)  # let late joiners refresh their registry view
         limit = cfg.round.rounds
         opened = 0
         while not limit or opened < limit:

@@ -64,3 +64,14 @@ class Tasks:
         scope = self._scopes.pop(key, None)
         if scope is not None:
             scope.cancel()
+
+
+async def wait_for_validator_set(services: Services, limit_s: float) -> None:
+    """With a chain: wait until every address of the validator set has joined (bounded)."""
+    with trio.move_on_after(limit_s):
+        while True:
+            view = services.view.get()
+            if not view.validator_set_size or len(view.validators) >= view.validator_set_size:
+                return
+            await trio.sleep(0.5)
+    _log.warning("validator set incomplete after %.0f s; continuing", limit_s)

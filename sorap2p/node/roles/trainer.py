@@ -89,6 +89,7 @@ async def run_trainer(services: Services, *, data: PrivateData | None = None) ->
                     batch_size=ro.training.batch_size,
                     lr=ro.training.lr,
                     prox_mu=ro.training.prox_mu,
+                    momentum=ro.training.momentum,
                     num_threads=cfg.num_threads,
                 )
                 up = await trio.to_thread.run_sync(

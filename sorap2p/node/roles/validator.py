@@ -36,7 +36,7 @@ from sorap2p.node import work
 from sorap2p.node.driver import Driver
 from sorap2p.node.logs import bind
 from sorap2p.node.proofs import ProofBackend, digest_of, sign
-from sorap2p.node.roles.common import Tasks, pump
+from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set
 from sorap2p.node.services import Services
 
 _log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
         _log, role="validator", subnet=str(services.subnet), peer=str(services.identity.peer_id)
     )
     cfg = services.config
+    await wait_for_validator_set(services, cfg.round.start_timeout_s)
     view = services.view.get()
     validators = view.validators or tuple(
         sorted({services.identity.peer_id, *(PeerId.parse(p) for p in cfg.round.validators)})
@@ -72,7 +73,7 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
     my_address = eth_address_bytes(proofs.key.address)
     records: dict[RoundId, RoundRecord] = {}
     status: dict[str, Any] = services.extras.setdefault("status", {})
-    status.update(role=Role.VALIDATOR.value, votes=[], proofs=[])
+    status.update(role=Role.VALIDATOR.value, votes=[], proofs=[], checks=[])
 
     async with trio.open_nursery() as nursery:
         tasks = Tasks(nursery)
@@ -132,6 +133,7 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
                 "reason": reason,
                 "accuracy": acc,
             }
+            status["checks"].append(status["last_check"])
             log.info(
                 "round %s: %s (held-out accuracy %.4f)",
                 ro.round,

@@ -1,0 +1,65 @@
+"""The whole system as separate processes on 127.0.0.1: anvil with the contracts, a
+bootstrap, an aggregator, 3 validators (k = 2) and 3 trainers on non-IID digits shards.
+Rounds are proven on chain even after a validator and a trainer are killed mid-run."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from sorap2p.chain.devchain import find_anvil
+from sorap2p.core.ids import SubnetId
+from testnet.cluster import Cluster, ClusterSpec
+
+pytestmark = [
+    pytest.mark.net,
+    pytest.mark.chain,
+    pytest.mark.slow,
+    pytest.mark.skipif(find_anvil() is None, reason="anvil missing: scripts/setup.sh installs it"),
+]
+
+
+def wait_for(cond: object, limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_rounds_are_proven_despite_killed_validator_and_trainer(tmp_path: Path) -> None:
+    spec = ClusterSpec(
+        root=tmp_path / "net",
+        validators=3,
+        trainers=3,
+        quorum=2,
+        rounds=4,
+        round_s=40.0,
+        log_level="info",
+    )
+    with Cluster(spec) as cluster:
+        cluster.start_all()
+        wait_for(lambda: len(cluster.recorded_rounds()) >= 1, 300, "round 1 on chain")
+        # one validator and one trainer die (SIGKILL) mid-run
+        cluster.kill("validator-2", signal.SIGKILL)
+        cluster.kill("trainer-2", signal.SIGKILL)
+        wait_for(lambda: not cluster.alive("aggregator"), 600, "the aggregator to finish")
+        assert cluster.nodes["aggregator"].proc.returncode == 0  # type: ignore[union-attr]
+        recorded = cluster.recorded_rounds()
+        assert recorded == [1, 2, 3, 4]
+        assert cluster.client is not None
+        subnet = SubnetId(spec.subnet).key
+        assert cluster.client.lineage(subnet, 4) == [4, 3, 2, 1]
+        # every surviving trainer earned reputation on chain
+        for name in ("trainer-0", "trainer-1"):
+            peer = cluster.nodes[name].home.identity_key().peer_id
+            value, last = cluster.client.reputation(subnet, peer.hashed)
+            assert value > 0 and last >= 3, (name, value, last)
+        # the validators' held-out accuracy improved over the run
+        checks = cluster.status("validator-0")["role_status"]["checks"]
+        accs = [c["accuracy"] for c in checks if c["ok"]]
+        assert accs[-1] > accs[0] and accs[-1] > 0.8, accs
