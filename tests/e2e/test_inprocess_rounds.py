@@ -43,6 +43,7 @@ async def test_two_rounds_between_seven_nodes(tmp_path: Path) -> None:
         "round.expected_participants=3",
         "round.pause_s=0.2",
         "round.proof_timeout_s=90",
+        "round.start_peers=5",
         "learn.epochs=1",
         "node.log_level=warning",
     ]
@@ -75,7 +76,7 @@ async def test_two_rounds_between_seven_nodes(tmp_path: Path) -> None:
                     done.set()
                 await trio.sleep_forever()
 
-        with trio.fail_after(240):
+        with trio.fail_after(600):
             for i, (h, c) in enumerate(v_homes):
                 await nursery.start(run, f"v{i}", h, c)
             for i, (h, c) in enumerate(t_homes):

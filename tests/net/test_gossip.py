@@ -194,6 +194,8 @@ async def test_restarted_publisher_is_heard() -> None:
                 await pub_host.connect(sub_host.listen_addrs()[0])
                 await pub.subscribe(TOPIC)
                 await eventually(lambda pub=pub: bool(pub.topic_peers(TOPIC)))
+                # both sides must know the other's subscription before the first publish
+                await eventually(lambda: pub_id.peer_id in listener.topic_peers(TOPIC))
                 for k in range(3):
                     await pub.publish(TOPIC, b"alpha|r%d-%d" % (round_, k))
                 for k in range(3):
