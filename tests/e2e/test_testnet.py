@@ -5,13 +5,17 @@ Rounds are proven on chain even after a validator and a trainer are killed mid-r
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from sorap2p.chain.devchain import find_anvil
-from sorap2p.core.ids import SubnetId
+from sorap2p.core.ids import RoundId, SubnetId
+from sorap2p.node.audit import audit_round
+from sorap2p.store.blockstore import Blockstore
 from testnet.cluster import Cluster, ClusterSpec
 
 pytestmark = [
@@ -59,6 +63,35 @@ def test_rounds_are_proven_despite_killed_validator_and_trainer(tmp_path: Path) 
             peer = cluster.nodes[name].home.identity_key().peer_id
             value, last = cluster.client.reputation(subnet, peer.hashed)
             assert value > 0 and last >= 3, (name, value, last)
+        # anyone with the chain and the blocks can audit every round; a validator's key
+        # can also recompute each aggregate bit for bit
+        auditor = cluster.nodes["validator-0"].home
+        store = Blockstore(auditor.blockstore_path)
+        for r in recorded:
+            report = audit_round(
+                cluster.client,
+                store,
+                SubnetId(spec.subnet),
+                RoundId(r),
+                identity=auditor.identity_key(),
+            )
+            assert report.ok, report.render()
+        # the CLI says the same, and exits 1 for a round that was never proven
+        cli = [
+            sys.executable,
+            "-m",
+            "sorap2p.cli",
+            "audit",
+            "verify",
+            "--home",
+            str(auditor.path),
+            "--subnet",
+            spec.subnet,
+        ]
+        out = subprocess.run([*cli, "--round", "2"], capture_output=True, text=True, check=False)
+        assert out.returncode == 0 and "verdict: VALID" in out.stdout, out.stdout + out.stderr
+        out = subprocess.run([*cli, "--round", "9"], capture_output=True, text=True, check=False)
+        assert out.returncode == 1 and "verdict: INVALID" in out.stdout
         # the validators' held-out accuracy improved over the run
         checks = cluster.status("validator-0")["role_status"]["checks"]
         accs = [c["accuracy"] for c in checks if c["ok"]]
