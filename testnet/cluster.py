@@ -45,6 +45,7 @@ class ClusterSpec:
     lr: float = 0.1
     log_level: str = "info"
     extra: tuple[str, ...] = ()  # more config overrides for every node
+    per_node: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> overrides
 
     @property
     def accounts(self) -> int:
@@ -115,6 +116,7 @@ class Cluster:
             ]
             if role == "trainer":
                 overrides += [f"node.shard={name.split('-')[1]}", f"node.shards={s.trainers}"]
+            overrides += list(s.per_node.get(name, ()))
             cfg = load_config("", {}, overrides)
             home = Home(self.root / name)
             if not home.exists():

@@ -21,6 +21,9 @@ from sorap2p.core.errors import ConfigError, RemoteProtocolError
 from sorap2p.core.ids import PeerId, Role, SubnetId
 
 ENV_PREFIX: Final = "SORAP2P_"
+BEHAVIOURS: Final = frozenset(
+    {"honest", "sign_flip", "scale", "noise", "free_rider", "wrong_model"}
+)
 T = TypeVar("T")
 
 
@@ -38,6 +41,13 @@ class NodeSection:
     log_level: str = field(default="info", metadata=doc("debug, info, warning or error"))
     log_json: bool = field(default=False, metadata=doc("emit logs as JSON lines"))
     data: str = field(default="", metadata=doc("private data loader, 'pkg.module:loader'"))
+    behaviour: str = field(
+        default="honest",
+        metadata=doc(
+            "adversarial behaviour for tests and demos: honest; trainers: sign_flip, scale, "
+            "noise, free_rider; aggregators: wrong_model"
+        ),
+    )
     shard: int = field(default=0, metadata=doc("which shard of the built-in demo data to use"))
     shards: int = field(default=1, metadata=doc("how many shards the demo data is cut into"))
 
@@ -90,7 +100,7 @@ class RoundSection:
     duration_s: float = field(default=30.0, metadata=doc("time trainers get per round"))
     min_participants: int = field(default=1, metadata=doc("updates needed to aggregate"))
     strategy: str = field(default="fedavg", metadata=doc("aggregation strategy"))
-    rounds: int = field(default=0, metadata=doc("rounds to run (0: forever)"))
+    rounds: int = field(default=0, metadata=doc("the last round number to run (0: forever)"))
     expected_participants: int = field(
         default=0, metadata=doc("aggregate as soon as this many updates are in (0: at deadline)")
     )
@@ -106,11 +116,35 @@ class RoundSection:
     )
     quorum: int = field(default=1, metadata=doc("votes needed when no chain is configured"))
     backup_s: float = field(default=15.0, metadata=doc("backup submitter delay per position"))
+    reannounce_s: float = field(
+        default=5.0, metadata=doc("trainers re-announce their update this often until the deadline")
+    )
+
+
+STATUS_HOSTS: Final = frozenset({"127.0.0.1", "localhost"})
 
 
 @dataclass(frozen=True, slots=True)
 class StatusSection:
-    listen: str = field(default="", metadata=doc("status API host:port on localhost; empty: off"))
+    listen: str = field(
+        default="",
+        metadata=doc("status API 127.0.0.1:PORT or localhost:PORT (0: any free); empty: off"),
+    )
+
+    def address(self) -> tuple[str, int] | None:
+        """``("127.0.0.1", port)`` for the status API, None when it is off; a host other than
+        the loopback names raises `ConfigError` (the API is never exposed beyond localhost)."""
+        text = self.listen.strip()
+        if not text:
+            return None
+        host, sep, port = text.rpartition(":")
+        if not sep or host not in STATUS_HOSTS:
+            raise ConfigError(
+                f"status.listen: expected 127.0.0.1:PORT or localhost:PORT, got {text!r}"
+            )
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"status.listen: port must be 0..65535, got {port!r}")
+        return "127.0.0.1", int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +177,8 @@ class Config:
             raise ConfigError(f"node.subnet: {exc}") from None
         if self.node.log_level not in {"debug", "info", "warning", "error"}:
             raise ConfigError("node.log_level: expected debug, info, warning or error")
+        if self.node.behaviour not in BEHAVIOURS:
+            raise ConfigError(f"node.behaviour: expected one of {', '.join(sorted(BEHAVIOURS))}")
         if not 0 <= self.node.shard < max(self.node.shards, 1):
             raise ConfigError("node.shard: expected 0 <= shard < node.shards")
         if self.network.max_connections < 1:
@@ -174,6 +210,7 @@ class Config:
                 raise ConfigError(f"round.validators: {peer!r} is not a peer id ({exc})") from None
         if self.chain.confirmations < 0:
             raise ConfigError("chain.confirmations: expected a non-negative integer")
+        self.status.address()
         return self
 
 

@@ -27,6 +27,7 @@ from sorap2p.core.validation import Verdict
 
 SEEN_CAPACITY: Final = 65_536
 CLOCK_SKEW_MS: Final = 30_000
+REANNOUNCE_WINDOW_MS: Final = 4_000
 
 # (digest, 65-byte signature) -> recovered 20-byte address, or None when invalid
 Recover = Callable[[bytes, bytes], bytes | None]
@@ -53,17 +54,19 @@ class SubnetView:
 
 
 class _Seen:
-    """A bounded set of recently seen keys (oldest evicted first)."""
+    """A bounded map of recently seen keys to when they were seen (oldest evicted first)."""
 
     def __init__(self, capacity: int = SEEN_CAPACITY) -> None:
-        self._keys: OrderedDict[Any, None] = OrderedDict()
+        self._keys: OrderedDict[Any, int] = OrderedDict()
         self._capacity = capacity
 
-    def add(self, key: Any) -> bool:
-        """Record ``key``; False if it was already there."""
-        if key in self._keys:
+    def add(self, key: Any, now: int = 0, window: int | None = None) -> bool:
+        """Record ``key``; False if it was seen before (within ``window`` ms, if given)."""
+        seen = self._keys.get(key)
+        if seen is not None and (window is None or now - seen < window):
             return False
-        self._keys[key] = None
+        self._keys[key] = now
+        self._keys.move_to_end(key)
         if len(self._keys) > self._capacity:
             self._keys.popitem(last=False)
         return True
@@ -83,6 +86,7 @@ class GossipRules:
         self._recover = recover
         self._seen = _Seen()
         self.open_rounds: dict[RoundId, m.RoundOpen] = {}
+        self.announced: dict[tuple[RoundId, PeerId], Any] = {}
         self.latest_round: RoundId | None = None
 
     def for_kind(self, kind: TopicKind) -> Callable[[PeerId, bytes], Verdict]:
@@ -96,6 +100,12 @@ class GossipRules:
             TopicKind.DISPUTES: self.dispute,
         }
         return table[kind]
+
+    def remember_round(self, msg: m.RoundOpen) -> None:
+        """Register a round opened before a restart (its RoundOpen will not be gossiped again)."""
+        self.open_rounds[msg.round] = msg
+        if self.latest_round is None or msg.round > self.latest_round:
+            self.latest_round = msg.round
 
     # -- common checks ---------------------------------------------------------------------
     def _common(self, origin: PeerId, data: bytes, cls: type[Any]) -> tuple[Any, Verdict | None]:
@@ -137,6 +147,8 @@ class GossipRules:
         self.latest_round = msg.round
         for old in [r for r in self.open_rounds if r.number < msg.round.number - 2]:
             del self.open_rounds[old]
+        for key in [k for k in self.announced if k[0].number < msg.round.number - 2]:
+            del self.announced[key]
         return Verdict.accept()
 
     def update_announce(self, origin: PeerId, data: bytes) -> Verdict:
@@ -156,7 +168,15 @@ class GossipRules:
             return Verdict.reject("training time longer than the round so far")
         if msg.timestamp > self._now() + CLOCK_SKEW_MS:
             return Verdict.reject("timestamp in the future")
-        return self._once(("update", msg.round, msg.signer)) or Verdict.accept()
+        # one update per trainer and round; the same one may be re-announced (a restarted
+        # aggregator missed it), at most once per REANNOUNCE_WINDOW_MS
+        first = self.announced.setdefault((msg.round, msg.signer), msg.update)
+        if first != msg.update:
+            return Verdict.ignore("second update of a trainer in one round")
+        key = ("update", msg.round, msg.signer)
+        if not self._seen.add(key, self._now(), REANNOUNCE_WINDOW_MS):
+            return Verdict.ignore("duplicate")
+        return Verdict.accept()
 
     def global_model(self, origin: PeerId, data: bytes) -> Verdict:
         msg, bad = self._common(origin, data, m.GlobalModel)

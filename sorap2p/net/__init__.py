@@ -10,6 +10,8 @@ Public API (import from the modules; importing this package does not import libp
 * `bootstrap.connect_any(host, addrs)`, `bootstrap.PeerCache(path)`.
 * `framing.open_request_response(host, protocol_id, handler) -> RequestResponse`.
 * `exchange.serve_car(host, store)`, `exchange.fetch_dag(host, store, root, providers)`.
+* `bitswap.serve_bitswap(host, store)`, `bitswap.bitswap_fetch(host, store, root, providers)`:
+  Bitswap 1.2/1.1 for IPFS peers (Helia); replies on an outbound stream.
 * `network.open_network(identity, NetworkConfig, store, validators) -> Network`: all of the
   above in the right order, with bootstrapping (the node layer's entry point).
 

@@ -15,6 +15,7 @@ from sorap2p.core.config import Config
 from sorap2p.core.ids import Role
 from sorap2p.node.driver import wall_clock_ms
 from sorap2p.node.home import Home
+from sorap2p.node.http import serve_status
 from sorap2p.node.logs import bind, setup_logging
 from sorap2p.node.proofs import GossipOnlyProofs, ProofBackend
 from sorap2p.node.services import Services, open_services
@@ -86,6 +87,8 @@ async def run_node(
 
                 nursery.start_soon(watch_signals)
                 nursery.start_soon(write_status_forever, services)
+                if config.status.listen:
+                    nursery.start_soon(serve_status, services)
                 nursery.start_soon(role)
                 await stop.wait()
                 nursery.cancel_scope.cancel()

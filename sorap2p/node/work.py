@@ -137,6 +137,20 @@ def train_update(
     return TrainedUpdate(cid, res.num_samples, size, res.train_loss, ev.accuracy, delta)
 
 
+def adversarial_transform(behaviour: str, seed: int) -> Any:
+    """A delta transform for Byzantine trainers (tests and demos), or None when honest."""
+    if behaviour == "sign_flip":
+        return lambda d, g: -4.0 * d
+    if behaviour == "scale":
+        return lambda d, g: 10.0 * d
+    if behaviour == "noise":
+        gen = torch.Generator().manual_seed(seed)
+        return lambda d, g: torch.randn(d.shape, generator=gen) * float(d.std()) * 10
+    if behaviour == "free_rider":
+        return lambda d, g: torch.zeros_like(d)
+    return None
+
+
 # ---------------------------------------------------------------------------- opening updates
 
 

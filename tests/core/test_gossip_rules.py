@@ -95,8 +95,9 @@ def test_update_announce_rules() -> None:
     assert verdict(r, TopicKind.UPDATES, T0.peer_id, a)[0] == "accept"
     assert verdict(r, TopicKind.UPDATES, T0.peer_id, announce(T0, ro, label="2")) == (
         "ignore",
-        "duplicate",
+        "second update of a trainer in one round",
     )
+    assert verdict(r, TopicKind.UPDATES, T0.peer_id, a) == ("ignore", "duplicate")
     # a validator is not a trainer
     assert verdict(r, TopicKind.UPDATES, V0.peer_id, announce(V0, ro))[0] == "reject"
     wrong_base = m.sign(T1, dataclasses.replace(announce(T1, ro), base_model=cid("x")))
@@ -239,3 +240,16 @@ def test_garbage_is_rejected_never_raises(data: bytes, kind: TopicKind) -> None:
     r = rules()
     out = r.for_kind(kind)(T0.peer_id, data)
     assert out.result is Validation.REJECT
+
+
+def test_same_update_may_be_reannounced_after_the_window() -> None:
+    clock = [2_000]
+    v = view()
+    r = GossipRules(lambda: v, lambda: clock[0])
+    ro = opened(r)
+    a = announce(T0, ro)
+    assert verdict(r, TopicKind.UPDATES, T0.peer_id, a)[0] == "accept"
+    clock[0] += 1_000
+    assert verdict(r, TopicKind.UPDATES, T0.peer_id, a) == ("ignore", "duplicate")
+    clock[0] += 4_000
+    assert verdict(r, TopicKind.UPDATES, T0.peer_id, a)[0] == "accept"

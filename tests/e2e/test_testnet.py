@@ -96,3 +96,42 @@ def test_rounds_are_proven_despite_killed_validator_and_trainer(tmp_path: Path) 
         checks = cluster.status("validator-0")["role_status"]["checks"]
         accs = [c["accuracy"] for c in checks if c["ok"]]
         assert accs[-1] > accs[0] and accs[-1] > 0.8, accs
+
+
+def machine_state(cluster: Cluster, name: str) -> tuple[str, int]:
+    st = cluster.status(name)
+    machine = st.get("machine") or {}
+    return str(machine.get("state")), len(st.get("role_status", {}).get("rounds", []))
+
+
+def test_aggregator_restart_resumes_and_poisoner_ranks_last(tmp_path: Path) -> None:
+    spec = ClusterSpec(
+        root=tmp_path / "net",
+        validators=3,
+        trainers=4,
+        quorum=2,
+        rounds=3,
+        round_s=40.0,
+        strategy="median",
+        per_node={"trainer-3": ("node.behaviour=sign_flip",)},
+    )
+    with Cluster(spec) as cluster:
+        cluster.start_all()
+        # kill the aggregator while round 2 collects updates, then start it again
+        wait_for(
+            lambda: machine_state(cluster, "aggregator") == ("COLLECTING", 1),
+            300,
+            "round 2 collecting",
+        )
+        cluster.kill("aggregator", signal.SIGKILL)
+        cluster.start_node("aggregator")
+        wait_for(lambda: not cluster.alive("aggregator"), 600, "the aggregator to finish")
+        assert cluster.recorded_rounds() == [1, 2, 3]
+        assert cluster.client is not None
+        subnet = SubnetId(spec.subnet).key
+        reps = {}
+        for i in range(4):
+            peer = cluster.nodes[f"trainer-{i}"].home.identity_key().peer_id
+            reps[i] = cluster.client.reputation(subnet, peer.hashed)[0]
+        assert min(reps, key=lambda i: reps[i]) == 3, reps
+        assert reps[3] < min(reps[i] for i in range(3)), reps

@@ -6,6 +6,7 @@ resumed after a restart; in-flight fetches and aggregation are started again."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -116,6 +117,8 @@ async def run_aggregator(services: Services, *, ready: trio.Event | None = None)
     agg_params = aggregator_params(services)
     if state_path.is_file():
         machine = AggregatorMachine.restore(agg_params, json.loads(state_path.read_text()))
+        if machine.round_open is not None:
+            services.rules.remember_round(machine.round_open)
         log.info("resumed in state %s", machine.state.name)
     else:
         machine = AggregatorMachine(agg_params)
@@ -169,6 +172,12 @@ async def run_aggregator(services: Services, *, ready: trio.Event | None = None)
                 log.exception("round %s: aggregation failed", ro.round)
                 await driver.feed(WorkFailed(f"aggregation failed: {exc}"[:200]))
                 return
+            if cfg.node.behaviour == "wrong_model":  # Byzantine aggregator (tests, demos)
+                bad = res.vector + 0.01 * torch.sign(res.vector)
+                bad_cid = await trio.to_thread.run_sync(
+                    work.store_vector, services.blocks, bad, ctx, ro.round.number
+                )
+                res = dataclasses.replace(res, model=bad_cid, vector=bad)
             gm = m.GlobalModel(
                 subnet=ro.subnet,
                 round=ro.round,
@@ -264,21 +273,21 @@ async def run_aggregator(services: Services, *, ready: trio.Event | None = None)
                     Topic(services.subnet, TopicKind.ROUNDS), cfg.round.start_peers
                 )
             await trio.sleep(2.0)  # let late joiners refresh their registry view
-        limit = cfg.round.rounds
-        opened = 0
-        while not limit or opened < limit:
+        limit = cfg.round.rounds  # the last round number to run (0: forever)
+        while True:
             if machine.state is not AggState.IDLE:
                 finished = trio.Event()
                 await finished.wait()
                 continue
+            if limit and last_opened["round"] >= limit:
+                break
             await trio.sleep(cfg.round.pause_s)
             number = last_opened["round"] + 1
             last_opened["round"] = number
-            opened += 1
             finished = trio.Event()
             log.info("opening round %d from model %s", number, current.model)
             await driver.feed(OpenRound(RoundId(number), current.model, recipients(services)))
             await finished.wait()
         status["done"] = True
-        log.info("opened %d rounds: done", opened)
+        log.info("round %d reached: done", last_opened["round"])
         nursery.cancel_scope.cancel()

@@ -92,6 +92,9 @@ async def run_trainer(services: Services, *, data: PrivateData | None = None) ->
                     momentum=ro.training.momentum,
                     num_threads=cfg.num_threads,
                 )
+                transform = work.adversarial_transform(
+                    services.config.node.behaviour, cfg.seed + ro.round.number
+                )
                 up = await trio.to_thread.run_sync(
                     work.train_update,
                     services.blocks,
@@ -100,6 +103,7 @@ async def run_trainer(services: Services, *, data: PrivateData | None = None) ->
                     private.train,
                     tc,
                     cfg.seed + ro.round.number,
+                    transform,
                 )
             except Exception as exc:
                 log.warning("round %s: training failed: %s", ro.round, exc)
@@ -129,6 +133,17 @@ async def run_trainer(services: Services, *, data: PrivateData | None = None) ->
             )
             await driver.feed(TrainingDone(announce))
 
+        async def reannounce(msg: m.UpdateAnnounce, deadline: int) -> None:
+            """Repeat the announce until the deadline: an aggregator that restarted mid-round
+            missed it (gossip keeps no history)."""
+            period = services.config.round.reannounce_s
+            while services.now() + period * 1000 < deadline:
+                await trio.sleep(period)
+                try:
+                    await services.publish(msg)
+                except Exception as exc:
+                    log.debug("re-announce failed: %s", exc)
+
         async def perform(action: Any) -> None:
             if isinstance(action, Train):
                 tasks.start(action.round_open.round, lambda: train(action.round_open))
@@ -136,6 +151,10 @@ async def run_trainer(services: Services, *, data: PrivateData | None = None) ->
                 tasks.cancel(action.round)
             elif isinstance(action, Publish):
                 await services.publish(action.message)
+                cur = machine.current
+                if isinstance(action.message, m.UpdateAnnounce) and cur is not None:
+                    msg, deadline = action.message, cur.deadline
+                    tasks.start(("reannounce", msg.round), lambda: reannounce(msg, deadline))
             elif isinstance(action, RoundFinished):
                 status["last_round"] = action.round.number
                 if action.ok:
