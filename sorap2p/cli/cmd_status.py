@@ -53,8 +53,9 @@ def fetch_status(url: str, timeout: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
     return data
 
 
-def load(home: Path) -> tuple[dict[str, Any] | None, str, bool]:
-    """(status document, where it came from or why there is none, whether the node runs)."""
+def load(home: Path) -> tuple[dict[str, Any] | None, str, bool, str]:
+    """(status document, where it came from, whether the node runs, a note for the reader:
+    why there is no document, why the node is not running, or why the API was not used)."""
     from sorap2p.node.status import STATUS_FILE
 
     path = home / STATUS_FILE
@@ -62,21 +63,20 @@ def load(home: Path) -> tuple[dict[str, Any] | None, str, bool]:
         age = time.time() - path.stat().st_mtime
         doc: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
-        return None, f"no {STATUS_FILE} in {home}: the node has not run here", False
+        return None, "", False, f"no {STATUS_FILE} in {home}: the node has not run here"
     except (OSError, ValueError) as exc:
-        return None, f"cannot read {path}: {exc}", False
+        return None, "", False, f"cannot read {path}: {exc}"
     if not isinstance(doc, dict):
-        return None, f"{path} holds no status document", False
-    running = age <= STALE_S and _alive(doc.get("pid"))
-    if not running:
-        return doc, f"node not running (last status written {age:.0f} s ago)", False
+        return None, "", False, f"{path} holds no status document"
+    if age > STALE_S or not _alive(doc.get("pid")):
+        return doc, str(path), False, f"node not running (last status written {age:.0f} s ago)"
     url = doc.get("status_url")
     if isinstance(url, str) and url:
         try:
-            return fetch_status(url), url, True
+            return fetch_status(url), url, True, ""
         except (OSError, ValueError) as exc:
-            return doc, f"{path} ({url} did not answer: {exc})", True
-    return doc, str(path), True
+            return doc, str(path), True, f"the status API at {url} did not answer: {exc}"
+    return doc, str(path), True, ""
 
 
 def _fmt_bytes(n: int) -> str:
@@ -92,11 +92,14 @@ def _n(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def summary(doc: dict[str, Any], source: str, running: bool, errors: int = 5) -> list[str]:
+def summary(
+    doc: dict[str, Any], source: str, running: bool, errors: int = 5, note: str = ""
+) -> list[str]:
     """The human-readable lines for a status document."""
     lines = [
         f"node:        {'running' if running else 'NOT RUNNING'} (pid {_n(doc.get('pid'))}; "
         f"from {source})",
+        *([f"note:        {note}"] if note else []),
         f"peer id:     {_n(doc.get('peer_id'))}",
         f"role:        {_n(doc.get('role'))}",
         f"subnet:      {_n(doc.get('subnet'))}",
@@ -148,15 +151,15 @@ def summary(doc: dict[str, Any], source: str, running: bool, errors: int = 5) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    doc, source, running = load(args.home)
+    doc, source, running, note = load(args.home)
     if doc is None:
-        print(f"sorap2p status: {source}", file=sys.stderr)
+        print(f"sorap2p status: {note}", file=sys.stderr)
         return NO_STATUS
     if args.json:
         print(json.dumps({**doc, "running": running}, indent=1, default=str))
     else:
-        print("\n".join(summary(doc, source, running, args.errors)))
+        print("\n".join(summary(doc, source, running, args.errors, note)))
     if not running:
-        print(f"sorap2p status: {source}", file=sys.stderr)
+        print(f"sorap2p status: {note}", file=sys.stderr)
         return NOT_RUNNING
     return 0

@@ -31,6 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -361,7 +362,9 @@ class Bitswap:
         """libp2p stream handler: read messages until the peer closes the stream."""
         await self._read_stream(Stream(raw))
 
-    async def _read_stream(self, stream: Stream) -> None:
+    async def _read_stream(self, stream: Stream, *, ours: bool = False) -> None:
+        """Read messages until the peer ends its side. ``ours``: the stream we send on;
+        Helia half-closes it at once, which must not stop our sending."""
         reader = MessageReader(self.cfg.max_message)
         try:
             while True:
@@ -374,11 +377,18 @@ class Bitswap:
         except (RemoteProtocolError, CodecError) as exc:
             self.stats["bad_messages"] += 1
             _log.info("bad bitswap message from %s: %s", stream.peer, exc)
+            self._forget_out(stream)
             await stream.reset()
             return
         except ConnectionError:
-            pass
-        await stream.aclose()
+            self._forget_out(stream)
+            return
+        if not ours:
+            await stream.aclose()
+
+    def _forget_out(self, stream: Stream) -> None:
+        if self._out.get(stream.peer) is stream:
+            del self._out[stream.peer]
 
     async def _on_message(self, peer: PeerId, msg: Message) -> None:
         if msg.wants or msg.full:
@@ -475,7 +485,7 @@ class Bitswap:
                     with trio.fail_after(self.cfg.send_timeout):
                         stream = await open_stream(self.host, peer, list(PROTOCOLS))
                     self._out[peer] = stream
-                    self._nursery.start_soon(self._read_stream, stream)
+                    self._nursery.start_soon(partial(self._read_stream, stream, ours=True))
                     if stream.protocol == BITSWAP_110 and msg.presences:
                         msg.presences = []
                         body = encode_message(msg)

@@ -93,6 +93,10 @@ class ChainProofs:
         return await self.recorded_raw(subnet.key, round.number)
 
     async def dispute(self, subnet: SubnetId, round: RoundId, reason: str) -> int | None:
+        """Open an on-chain dispute of a *recorded* round; an unproven round has nothing to
+        dispute on chain (its gossiped Dispute and the missing proof are the record)."""
+        if not await self.recorded(subnet, round):
+            return None
         tag = reason.encode()[:32].ljust(32, b"\x00")
         return await self.chain.open_dispute(
             self.key, subnet.key, round.number, tag, self.dispute_bond

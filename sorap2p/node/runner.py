@@ -61,7 +61,7 @@ async def run_node(
     setup_logging(config.node.log_level, config.node.log_json)
     identity = home.identity_key()
     log = bind(_log, role=config.node.role, subnet=config.node.subnet, peer=str(identity.peer_id))
-    stop = stop or trio.Event()
+    stop = stop if stop is not None else trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_services(config, home, clock=clock) as services:
             proofs: ProofBackend = GossipOnlyProofs(ChainKey(home.chain_key()))

@@ -135,3 +135,35 @@ def test_aggregator_restart_resumes_and_poisoner_ranks_last(tmp_path: Path) -> N
             reps[i] = cluster.client.reputation(subnet, peer.hashed)[0]
         assert min(reps, key=lambda i: reps[i]) == 3, reps
         assert reps[3] < min(reps[i] for i in range(3)), reps
+
+
+def test_wrong_model_gets_no_proof_and_is_disputed(tmp_path: Path) -> None:
+    spec = ClusterSpec(
+        root=tmp_path / "net",
+        validators=3,
+        trainers=2,
+        quorum=2,
+        rounds=1,
+        round_s=40.0,
+        per_node={"aggregator": ("node.behaviour=wrong_model",)},
+        extra=("round.proof_timeout_s=30",),
+    )
+    with Cluster(spec) as cluster:
+        cluster.start_all()
+        names = [f"validator-{i}" for i in range(3)]
+
+        def disputed(name: str) -> bool:
+            return bool(cluster.status(name).get("role_status", {}).get("disputes"))
+
+        wait_for(lambda: all(disputed(n) for n in names), 300, "every validator to dispute")
+        aggregator = str(cluster.nodes["aggregator"].home.identity_key().peer_id)
+        for n in names:
+            st = cluster.status(n)["role_status"]
+            assert st["checks"][0]["reason"].startswith("wrong aggregate"), st["checks"]
+            assert st["disputes"][0]["accused"] == aggregator
+            assert [v["approve"] for v in st["votes"]] == [False]
+        # the aggregator gives up on the round without a proof; nothing reaches the chain
+        wait_for(lambda: not cluster.alive("aggregator"), 300, "the aggregator to give up")
+        rounds = cluster.status("aggregator")["role_status"]["rounds"]
+        assert [(r["ok"], r["reason"]) for r in rounds] == [(False, "no quorum proof")]
+        assert cluster.recorded_rounds() == []

@@ -219,6 +219,13 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
                         signer=services.identity.peer_id,
                     )
                 )
+                status.setdefault("disputes", []).append(
+                    {
+                        "round": action.round.number,
+                        "accused": str(action.accused),
+                        "reason": action.reason,
+                    }
+                )
                 try:
                     await proofs.dispute(services.subnet, action.round, action.reason)
                 except Exception as exc:
