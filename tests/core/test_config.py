@@ -58,3 +58,9 @@ def test_with_overrides_and_reference() -> None:
     keys = [row[0] for row in reference()]
     assert "network.listen" in keys and "learn.lr" in keys
     assert all(row[3] for row in reference()), "every key is documented"
+
+
+def test_configuration_reference_is_current() -> None:
+    from sorap2p.testing.config_doc import DOC, render
+
+    assert DOC.read_text() == render(), "run: python -m sorap2p.testing.config_doc --write"

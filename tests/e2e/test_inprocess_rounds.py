@@ -59,8 +59,17 @@ async def test_two_rounds_between_seven_nodes(tmp_path: Path) -> None:
             make_home(
                 tmp_path, f"t{i}", "trainer", common + net + [f"node.shard={i}", "node.shards=3"]
             )
-            for i in range(3)
+            for i in range(2)
         ]
+        # the third trainer brings its own private data through a user loader (--data)
+        t_homes.append(
+            make_home(
+                tmp_path,
+                "t2",
+                "trainer",
+                common + net + ["node.data=tests.learn.userplug:private_data"],
+            )
+        )
         v_homes = [(h, load_config(h.config_path.read_text(), {}, vset)) for h, _ in v_homes]
         services: dict[str, Services] = {}
         done = trio.Event()
