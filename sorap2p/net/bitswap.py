@@ -72,14 +72,15 @@ class BitswapConfig:
     max_block: int = 2 << 20  # the Bitswap spec's block limit
     max_wants: int = 8192  # wantlist entries kept per peer
     batch_bytes: int = 1 << 20  # payload per outbound message
-    window: int = 256  # outstanding want-blocks per provider during a fetch
+    window: int = 256  # outstanding want-blocks per provider during a fetch, at most
+    window_bytes: int = 8 << 20  # ... and about this many bytes (see `_Session.limit`)
     idle_timeout: float = 10.0  # a fetch fails when nothing useful arrives for this long
     send_timeout: float = 30.0
 
     def validate(self) -> None:
         if not 0 < self.max_block <= self.max_message or self.batch_bytes <= 0:
             raise SoraError("bitswap sizes must be positive, max_block <= max_message")
-        if self.max_wants <= 0 or self.window <= 0 or self.idle_timeout <= 0:
+        if min(self.max_wants, self.window, self.window_bytes) <= 0 or self.idle_timeout <= 0:
             raise SoraError("bitswap limits must be positive")
 
 
@@ -331,6 +332,15 @@ class _Session:
         self.blocks = 0
         self.storing = 0  # blocks accepted, being written
         self.failure: BaseException | None = None  # writing a block failed
+        self.leaf_size = 0  # largest block without links seen so far
+
+    def limit(self) -> int:
+        """Outstanding wants per provider: ``window_bytes`` worth of the largest leaf seen
+        (1 MiB assumed before the first). Bounding the bytes in flight keeps a js-libp2p
+        sender from writing one Yamux frame larger than py-libp2p accepts (16 MiB; it
+        closes the connection otherwise, see protocols/exchange.md)."""
+        size = self.leaf_size or (1 << 20)
+        return max(1, min(self.cfg.window, self.cfg.window_bytes // size))
 
 
 class Bitswap:
@@ -461,6 +471,9 @@ class Bitswap:
                 have = data is not None or self.store.has(want.cid)
             except BlockNotFound:
                 have = False
+            except (SoraError, OSError) as exc:  # a corrupt or unreadable block
+                _log.warning("bitswap: cannot serve %s: %r", want.cid, exc)
+                have = False
             if data is not None:
                 if msg.blocks and size + len(data) > self.cfg.batch_bytes:
                     return msg, wants[i:]
@@ -537,16 +550,18 @@ class Bitswap:
             owner.storing += 1
             try:
                 await trio.to_thread.run_sync(owner.store.put_block, cid, data)
-            except Exception as exc:
+            except Exception as exc:  # reported by the fetch (FetchError)
                 owner.failure = exc
                 owner.changed.set()
-                raise
+                continue
             finally:
                 owner.storing -= 1
             owner.received_bytes += len(data)
             owner.blocks += 1
             self.stats["blocks_received"] += 1
             owner.fresh.extend(links)
+            if not links:
+                owner.leaf_size = max(owner.leaf_size, len(data))
             owner.changed.set()
 
     def _on_dont_have(self, peer: PeerId, cid: Cid) -> None:
@@ -638,6 +653,7 @@ class Bitswap:
             if p in load:
                 load[p] += 1
         rest: list[Cid] = []
+        limit = session.limit()
         for cid in session.queue:
             key = cid.multihash
             if key in session.done or key in session.asked:
@@ -649,7 +665,7 @@ class Bitswap:
             if not candidates:
                 raise FetchError(f"no provider has {cid}")
             peer = min(candidates, key=lambda p: load[p])
-            if load[peer] >= self.cfg.window:
+            if load[peer] >= limit:
                 rest.append(cid)
                 continue
             load[peer] += 1
