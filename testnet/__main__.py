@@ -84,14 +84,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def watch(cluster: Cluster, timeout: float) -> int:
     seen: set[int] = set()
+    waited: dict[int, int] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(1.0)
         for r in cluster.recorded_rounds():
             if r in seen:
                 continue
+            waited[r] = waited.get(r, 0) + 1
+            if "?" in progress_line(cluster, r) and waited[r] < 5:
+                continue  # the nodes' status files lag the chain by up to a second
             seen.add(r)
             print(progress_line(cluster, r), flush=True)
+            cluster.rewards[r] = cluster.credit_round(r)
         if not cluster.alive("aggregator"):
             proc = cluster.nodes["aggregator"].proc
             rc = proc.returncode if proc is not None else None
@@ -99,6 +104,14 @@ def watch(cluster: Cluster, timeout: float) -> int:
                 if r not in seen:
                     seen.add(r)
                     print(progress_line(cluster, r), flush=True)
+                    cluster.rewards[r] = cluster.credit_round(r)
+            claimed = cluster.claim_all()
+            cluster.claimed = claimed
+            print(
+                "rewards claimed by trainers (ETH): "
+                + ", ".join(f"{n} {v / 1e18:.6f}" for n, v in sorted(claimed.items())),
+                flush=True,
+            )
             print(
                 f"aggregator finished (exit code {rc}); {len(seen)} rounds proven on chain",
                 flush=True,

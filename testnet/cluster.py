@@ -72,6 +72,8 @@ class Cluster:
         self.client: ChainClient | None = None
         self.owner: ChainKey | None = None
         self.bootstrap_addr = ""
+        self.rewards: dict[int, dict[str, int]] = {}
+        self.claimed: dict[str, int] = {}
 
     # -- set-up ------------------------------------------------------------------------
     def start_chain(self) -> None:
@@ -215,6 +217,52 @@ class Cluster:
         subnet = SubnetId(self.spec.subnet).key
         latest = self.client.latest_round(subnet)
         return [r for r in range(1, latest + 1) if self.client.round_recorded(subnet, r)]
+
+    # -- rewards (the subnet owner's job) -----------------------------------------------
+    REWARD_PER_DELTA: int = 10**9  # wei per reputation-delta unit (1e-6) of a round
+
+    def trainer_accounts(self) -> dict[bytes, tuple[str, ChainKey]]:
+        """sha256(peer id) -> (node name, chain key) of every trainer."""
+        out = {}
+        for i, name in enumerate(self.nodes):
+            if name.startswith("trainer"):
+                peer = self.nodes[name].home.identity_key().peer_id
+                out[peer.hashed] = (name, self._key_of(i))
+        return out
+
+    def credit_round(self, round: int) -> dict[str, int]:
+        """Credit each trainer of a proven round in proportion to its positive reputation delta."""
+        from sorap2p.node.audit import _record_from_tx, _recorded_event
+
+        assert self.client is not None and self.owner is not None
+        subnet = SubnetId(self.spec.subnet).key
+        ev = _recorded_event(self.client, subnet, round)
+        if ev is None:
+            return {}
+        record, _ = _record_from_tx(self.client, bytes(ev["transactionHash"]))
+        accounts = self.trainer_accounts()
+        credits = []
+        out: dict[str, int] = {}
+        for trainer, delta in zip(record.trainers, record.deltas, strict=True):
+            if delta > 0 and trainer in accounts:
+                name, key = accounts[trainer]
+                credits.append((key.address, delta * self.REWARD_PER_DELTA))
+                out[name] = delta * self.REWARD_PER_DELTA
+        if credits:
+            self.client.credit_round(self.owner, subnet, round, credits)
+        return out
+
+    def claim_all(self) -> dict[str, int]:
+        """Every trainer claims its credited rewards; returns what each received (wei)."""
+        assert self.client is not None
+        subnet = SubnetId(self.spec.subnet).key
+        out = {}
+        for name, key in self.trainer_accounts().values():
+            amount = self.client.claimable(subnet, key.address)
+            if amount:
+                self.client.claim(key, subnet)
+            out[name] = amount
+        return out
 
     def __enter__(self) -> Cluster:
         try:

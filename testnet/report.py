@@ -110,6 +110,18 @@ def write_report(cluster: Cluster, data: dict[str, Any], wall_s: float) -> Path:
     ]
     for rep in sorted(data["reputations"], key=lambda x: -x["reputation"]):
         lines.append(f"| {rep['node']} | `{rep['peer'][:16]}…` | {rep['reputation']:.4f} |")
+    lines += [
+        "",
+        "## Rewards",
+        "",
+        "Credited by the subnet owner each round in proportion to positive reputation "
+        "deltas, then claimed by each trainer (ETH):",
+        "",
+        "| node | claimed |",
+        "|---|---|",
+    ]
+    for name, wei in sorted(cluster.claimed.items()):
+        lines.append(f"| {name} | {wei / 1e18:.6f} |")
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -92,6 +92,12 @@ def test_rounds_are_proven_despite_killed_validator_and_trainer(tmp_path: Path) 
         assert out.returncode == 0 and "verdict: VALID" in out.stdout, out.stdout + out.stderr
         out = subprocess.run([*cli, "--round", "9"], capture_output=True, text=True, check=False)
         assert out.returncode == 1 and "verdict: INVALID" in out.stdout
+        # the owner credits rewards per proven round; surviving trainers claim them
+        for r in recorded:
+            cluster.credit_round(r)
+        claimed = cluster.claim_all()
+        assert claimed["trainer-0"] > 0 and claimed["trainer-1"] > 0, claimed
+        assert all(v == 0 for v in cluster.claim_all().values())  # nothing left to claim
         # the validators' held-out accuracy improved over the run
         checks = cluster.status("validator-0")["role_status"]["checks"]
         accs = [c["accuracy"] for c in checks if c["ok"]]
@@ -166,4 +172,31 @@ def test_wrong_model_gets_no_proof_and_is_disputed(tmp_path: Path) -> None:
         wait_for(lambda: not cluster.alive("aggregator"), 300, "the aggregator to give up")
         rounds = cluster.status("aggregator")["role_status"]["rounds"]
         assert [(r["ok"], r["reason"]) for r in rounds] == [(False, "no quorum proof")]
+        assert cluster.recorded_rounds() == []
+
+
+def test_two_validators_offline_leave_no_quorum_and_nothing_is_written(tmp_path: Path) -> None:
+    spec = ClusterSpec(
+        root=tmp_path / "net",
+        validators=3,
+        trainers=2,
+        quorum=2,
+        rounds=1,
+        round_s=40.0,
+        extra=("round.proof_timeout_s=30", "round.start_timeout_s=20"),
+    )
+    with Cluster(spec) as cluster:
+        cluster.start_all()
+        wait_for(
+            lambda: machine_state(cluster, "validator-0")[0] != "None", 120, "validator-0 running"
+        )
+        cluster.kill("validator-1", signal.SIGKILL)
+        cluster.kill("validator-2", signal.SIGKILL)
+        wait_for(lambda: not cluster.alive("aggregator"), 400, "the aggregator to give up")
+        rounds = cluster.status("aggregator")["role_status"]["rounds"]
+        assert [(r["ok"], r["reason"]) for r in rounds] == [(False, "no quorum proof")]
+        # the surviving validator approved, alone: below the quorum, nothing was submitted
+        st = cluster.status("validator-0")["role_status"]
+        assert [v["approve"] for v in st["votes"]] == [True]
+        assert st["proofs"] == []
         assert cluster.recorded_rounds() == []
