@@ -147,13 +147,21 @@ class Home:
         )
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a file readable by the owner only, atomically."""
+def write_atomic(path: Path, text: str, *, private: bool = False, durable: bool = False) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file + rename); ``private`` makes it
+    mode 0600 from the start, ``durable`` fsyncs it before the rename."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
         fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
+        if durable:
+            os.fsync(fh.fileno())
+    if private:
+        os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Key material and config: owner-only and durable."""
+    write_atomic(path, text, private=True, durable=True)

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import trio
 
+from sorap2p.node.home import write_atomic
 from sorap2p.node.services import Services
 
 STATUS_FILE = "status.json"
@@ -149,9 +150,7 @@ def snapshot(services: Services) -> dict[str, Any]:
 
 
 def write_status(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, default=str))
 
 
 async def write_status_forever(services: Services, interval: float = 1.0) -> None:

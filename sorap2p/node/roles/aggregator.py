@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from sorap2p.core.rounds.events import (
 from sorap2p.core.topics import Topic, TopicKind
 from sorap2p.node import work
 from sorap2p.node.driver import Driver
+from sorap2p.node.home import write_atomic
 from sorap2p.node.logs import bind
 from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set
 from sorap2p.node.services import Services
@@ -91,11 +91,7 @@ class Head:
 
 
 def _write_state(path: Path, snap: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(snap))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(snap), durable=True)
 
 
 async def run_aggregator(services: Services, *, ready: trio.Event | None = None) -> None:
