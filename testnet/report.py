@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ def collect(cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def svg_curve(points: list[tuple[int, float]], width: int = 480, height: int = 200) -> str:
+def svg_curve(
+    points: list[tuple[int, float]], width: int = 480, height: int = 200, label: str = "round"
+) -> str:
     if not points:
         return "<p>no data</p>"
     xs = [p[0] for p in points]
@@ -70,7 +73,7 @@ def svg_curve(points: list[tuple[int, float]], width: int = 480, height: int = 2
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{grid}'
         f'<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{line}"/>{dots}'
-        f'<text x="{width / 2:.0f}" y="{height - 5}" font-size="11">round</text></svg>'
+        f'<text x="{width / 2 - 60:.0f}" y="{height - 5}" font-size="11">{label}</text></svg>'
     )
 
 
@@ -79,6 +82,15 @@ def write_report(cluster: Cluster, data: dict[str, Any], wall_s: float) -> Path:
     (root / "report.json").write_text(json.dumps(data, indent=1, default=str))
     pts = [(r["round"], r["accuracy"]) for r in data["rounds"] if r["accuracy"] is not None]
     (root / "accuracy.svg").write_text(svg_curve(pts))
+    ends = [(r["round"], r["finished_at_ms"]) for r in data["rounds"] if r["finished_at_ms"]]
+    durations = [(b[0], (b[1] - a[1]) / 1000) for a, b in itertools.pairwise(ends)]
+    longest = max((d for _, d in durations), default=1.0) or 1.0
+    (root / "round-times.svg").write_text(
+        svg_curve(
+            [(r, d / longest) for r, d in durations],
+            label=f"round time (fraction of the longest, {longest:.1f} s)",
+        )
+    )
     s = cluster.spec
     lines = [
         "# sorap2p testnet report",
@@ -90,6 +102,10 @@ def write_report(cluster: Cluster, data: dict[str, Any], wall_s: float) -> Path:
         "## Accuracy (validators' held-out data)",
         "",
         "![accuracy](accuracy.svg)",
+        "",
+        "## Round times (from one round's end to the next)",
+        "",
+        "![round times](round-times.svg)",
         "",
         "## Rounds proven on chain",
         "",
