@@ -25,6 +25,7 @@ CODEC_NAMES: Final[dict[int, str]] = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "d
 HASH_NAMES: Final[dict[int, str]] = {SHA2_256: "sha2-256", IDENTITY: "identity"}
 MAX_CID_BYTES: Final = 128
 MAX_IDENTITY_DIGEST: Final = 64
+_B32_LOWER: Final = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 
 
 def encode_varint(n: int) -> bytes:
@@ -109,7 +110,7 @@ class Cid:
         """Parse the text form: base32 CIDv1 (fast path), CIDv0 (Qm...), or any multibase."""
         if not isinstance(text, str) or not text or len(text) > 4 * MAX_CID_BYTES:
             raise RemoteProtocolError("CID text must be a non-empty string")
-        if text[0] == "b" and text[1:].islower() | text[1:].isdigit():
+        if text[0] == "b" and _B32_LOWER.issuperset(text[1:]):
             body = text[1:].upper()
             try:
                 raw = base64.b32decode(body + "=" * (-len(body) % 8))
