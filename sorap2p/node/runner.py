@@ -40,7 +40,7 @@ async def run_role(services: Services, proofs: ProofBackend) -> None:
     elif role is Role.AGGREGATOR:
         from sorap2p.node.roles.aggregator import run_aggregator
 
-        await run_aggregator(services)
+        await run_aggregator(services, proofs)
     elif role is Role.VALIDATOR:
         from sorap2p.node.roles.validator import run_validator
 

@@ -123,12 +123,14 @@ def test_aggregator_restart_resumes_and_poisoner_ranks_last(tmp_path: Path) -> N
     )
     with Cluster(spec) as cluster:
         cluster.start_all()
-        # kill the aggregator while round 2 collects updates, then start it again
-        wait_for(
-            lambda: machine_state(cluster, "aggregator") == ("COLLECTING", 1),
-            300,
-            "round 2 collecting",
-        )
+
+        # kill the aggregator while round 2 is in progress (collecting, aggregating or
+        # awaiting its proof), then start it again
+        def round_two_in_progress() -> bool:
+            state, finished = machine_state(cluster, "aggregator")
+            return finished == 1 and state not in ("IDLE", "None")
+
+        wait_for(round_two_in_progress, 300, "round 2 in progress")
         cluster.kill("aggregator", signal.SIGKILL)
         cluster.start_node("aggregator")
         wait_for(lambda: not cluster.alive("aggregator"), 600, "the aggregator to finish")

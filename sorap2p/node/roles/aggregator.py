@@ -40,6 +40,7 @@ from sorap2p.node import work
 from sorap2p.node.driver import Driver
 from sorap2p.node.home import write_atomic
 from sorap2p.node.logs import bind
+from sorap2p.node.proofs import ProofBackend
 from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set
 from sorap2p.node.services import Services
 
@@ -94,7 +95,9 @@ def _write_state(path: Path, snap: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(snap), durable=True)
 
 
-async def run_aggregator(services: Services, *, ready: trio.Event | None = None) -> None:
+async def run_aggregator(
+    services: Services, proofs: ProofBackend | None = None, *, ready: trio.Event | None = None
+) -> None:
     log = bind(
         _log, role="aggregator", subnet=str(services.subnet), peer=str(services.identity.peer_id)
     )
@@ -199,9 +202,25 @@ async def run_aggregator(services: Services, *, ready: trio.Event | None = None)
             )
             await driver.feed(Aggregated(gm, rk))
 
+        async def watch_chain(round: RoundId) -> None:
+            """The proof may land while its gossip is lost to us (a restart): ask the chain."""
+            if proofs is None:
+                return
+            while True:
+                await trio.sleep(1.0)
+                try:
+                    if await proofs.recorded(services.subnet, round):
+                        await driver.feed(ProofObserved(round, b""))
+                        return
+                except Exception as exc:
+                    log.debug("chain poll failed: %s", exc)
+
         async def perform(action: Any) -> None:
             if isinstance(action, Publish):
                 await services.publish(action.message)
+                if isinstance(action.message, m.GlobalModel):
+                    r = action.message.round
+                    tasks.start(("watch", r), lambda: watch_chain(r))
             elif isinstance(action, Persist):
                 _write_state(state_path, machine.snapshot())
             elif isinstance(action, FetchUpdate):
@@ -209,6 +228,7 @@ async def run_aggregator(services: Services, *, ready: trio.Event | None = None)
             elif isinstance(action, Aggregate):
                 tasks.start(("aggregate", action.round_open.round), lambda: aggregate(action))
             elif isinstance(action, RoundFinished):
+                tasks.cancel(("watch", action.round))
                 await round_finished(action)
 
         async def round_finished(ev: RoundFinished) -> None:
