@@ -284,7 +284,16 @@ def recheck_round(
     global_vec = load_vector(store, ro.global_model, ctx)
     # recompute into a scratch store path: the same function, so identical bytes give
     # identical CIDs; the blocks land in our store, which is harmless (same content)
-    mine = aggregate_round(store, ro, updates, rows, global_vec, ctx)
+    # the updates the aggregator refused are listed in its metadata; a validator cannot
+    # re-check why (it may never have fetched them) but they must not change the result
+    rejected: dict[Cid, str] = {}
+    if store.has(gm.metadata):
+        try:
+            doc: Any = dagcbor.decode(store.get(gm.metadata))
+            rejected = {r["update"]: str(r["reason"]) for r in doc.get("rejected", [])}
+        except Exception:
+            rejected = {}
+    mine = aggregate_round(store, ro, updates, rows, global_vec, ctx, rejected)
     evaluation = None
     if held_out is not None:
         evaluation = evaluate(ctx.fresh(), held_out, vector=mine.vector, spec=ctx.spec)

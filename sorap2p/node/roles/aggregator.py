@@ -41,7 +41,7 @@ from sorap2p.node.driver import Driver
 from sorap2p.node.home import write_atomic
 from sorap2p.node.logs import bind
 from sorap2p.node.proofs import ProofBackend
-from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set
+from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set, watch_for_proof
 from sorap2p.node.services import Services
 
 _log = logging.getLogger(__name__)
@@ -202,25 +202,16 @@ async def run_aggregator(
             )
             await driver.feed(Aggregated(gm, rk))
 
-        async def watch_chain(round: RoundId) -> None:
-            """The proof may land while its gossip is lost to us (a restart): ask the chain."""
-            if proofs is None:
-                return
-            while True:
-                await trio.sleep(1.0)
-                try:
-                    if await proofs.recorded(services.subnet, round):
-                        await driver.feed(ProofObserved(round, b""))
-                        return
-                except Exception as exc:
-                    log.debug("chain poll failed: %s", exc)
-
         async def perform(action: Any) -> None:
             if isinstance(action, Publish):
                 await services.publish(action.message)
                 if isinstance(action.message, m.GlobalModel):
                     r = action.message.round
-                    tasks.start(("watch", r), lambda: watch_chain(r))
+                    if proofs is not None:
+                        backend = proofs
+                        tasks.start(
+                            ("watch", r), lambda: watch_for_proof(services, backend, r, driver)
+                        )
             elif isinstance(action, Persist):
                 _write_state(state_path, machine.snapshot())
             elif isinstance(action, FetchUpdate):

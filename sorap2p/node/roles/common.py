@@ -10,8 +10,11 @@ import trio
 
 from sorap2p.core.codec import decode
 from sorap2p.core.errors import RemoteProtocolError
+from sorap2p.core.ids import RoundId
+from sorap2p.core.rounds.events import ProofObserved
 from sorap2p.core.topics import TopicKind
 from sorap2p.node.driver import Driver
+from sorap2p.node.proofs import ProofBackend
 from sorap2p.node.services import Services
 
 _log = logging.getLogger(__name__)
@@ -75,3 +78,22 @@ async def wait_for_validator_set(services: Services, limit_s: float) -> None:
                 return
             await trio.sleep(0.5)
     _log.warning("validator set incomplete after %.0f s; continuing", limit_s)
+
+
+async def watch_for_proof(
+    services: Services,
+    proofs: ProofBackend,
+    round: RoundId,
+    driver: Driver,
+    poll_s: float = 1.0,
+) -> None:
+    """Poll the chain until ``round`` is recorded, then feed `ProofObserved` (the proof's
+    gossip can be missed, e.g. across a restart)."""
+    while True:
+        await trio.sleep(poll_s)
+        try:
+            if await proofs.recorded(services.subnet, round):
+                await driver.feed(ProofObserved(round, b""))
+                return
+        except Exception as exc:  # the RPC may be down for a while: keep polling
+            _log.debug("chain poll failed: %s", exc)

@@ -36,7 +36,7 @@ from sorap2p.node import work
 from sorap2p.node.driver import Driver
 from sorap2p.node.logs import bind
 from sorap2p.node.proofs import ProofBackend, digest_of, sign
-from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set
+from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set, watch_for_proof
 from sorap2p.node.services import Services
 
 _log = logging.getLogger(__name__)
@@ -173,16 +173,6 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
             await services.publish(proof)
             await driver.feed(ProofObserved(action.round, tx))
 
-        async def watch_chain(round: RoundId) -> None:
-            while True:
-                await trio.sleep(1.0)
-                try:
-                    if await proofs.recorded(services.subnet, round):
-                        await driver.feed(ProofObserved(round, b""))
-                        return
-                except Exception as exc:
-                    log.debug("chain poll failed: %s", exc)
-
         async def perform(action: Any) -> None:
             if isinstance(action, CheckRound):
                 tasks.start(("check", action.round_open.round), lambda: check(action))
@@ -204,7 +194,10 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
                 status["votes"].append({"round": action.round.number, "approve": vote.approve})
                 await services.publish(vote)
                 await driver.feed(VoteSeen(signed))
-                tasks.start(("watch", action.round), lambda: watch_chain(action.round))
+                tasks.start(
+                    ("watch", action.round),
+                    lambda: watch_for_proof(services, proofs, action.round, driver),
+                )
             elif isinstance(action, SubmitProof):
                 tasks.start(("submit", action.round), lambda: submit(action))
             elif isinstance(action, RaiseDispute):
