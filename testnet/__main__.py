@@ -94,17 +94,13 @@ def watch(cluster: Cluster, timeout: float) -> int:
             waited[r] = waited.get(r, 0) + 1
             if "?" in progress_line(cluster, r) and waited[r] < 5:
                 continue  # the nodes' status files lag the chain by up to a second
-            seen.add(r)
-            print(progress_line(cluster, r), flush=True)
-            cluster.rewards[r] = cluster.credit_round(r)
+            announce(cluster, r, seen)
         if not cluster.alive("aggregator"):
             proc = cluster.nodes["aggregator"].proc
             rc = proc.returncode if proc is not None else None
             for r in cluster.recorded_rounds():
                 if r not in seen:
-                    seen.add(r)
-                    print(progress_line(cluster, r), flush=True)
-                    cluster.rewards[r] = cluster.credit_round(r)
+                    announce(cluster, r, seen)
             claimed = cluster.claim_all()
             cluster.claimed = claimed
             print(
@@ -119,6 +115,13 @@ def watch(cluster: Cluster, timeout: float) -> int:
             return 0 if rc == 0 and len(seen) >= cluster.spec.rounds else 1
     print("testnet: timed out", flush=True)
     return 1
+
+
+def announce(cluster: Cluster, r: int, seen: set[int]) -> None:
+    """Print a newly proven round and credit its trainers' rewards."""
+    seen.add(r)
+    print(progress_line(cluster, r), flush=True)
+    cluster.rewards[r] = cluster.credit_round(r)
 
 
 def progress_line(cluster: Cluster, r: int) -> str:

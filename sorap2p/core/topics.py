@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from sorap2p.core.errors import RemoteProtocolError
+from sorap2p.core.errors import LocalProtocolError, RemoteProtocolError
 from sorap2p.core.ids import SubnetId
 from sorap2p.core.messages import (
     Dispute,
@@ -76,6 +76,17 @@ class Topic:
         except ValueError:
             raise RemoteProtocolError(f"unknown topic kind {parts[4]!r} in {text!r}") from None
         return cls(subnet, kind)
+
+
+_KIND_OF_MESSAGE: Final[dict[type, TopicKind]] = {t: k for k, t in _MESSAGE_OF_KIND.items()}
+
+
+def kind_of(msg: object) -> TopicKind:
+    """The topic kind that carries ``msg`` (LocalProtocolError for other types)."""
+    try:
+        return _KIND_OF_MESSAGE[type(msg)]
+    except KeyError:
+        raise LocalProtocolError(f"{type(msg).__name__} is not carried by any topic") from None
 
 
 def topics_for(subnet: SubnetId) -> tuple[Topic, ...]:

@@ -17,12 +17,12 @@ import trio
 from sorap2p.chain.proof import recover_signer
 from sorap2p.core import messages as m
 from sorap2p.core.cid import Cid
-from sorap2p.core.codec import encode, type_name
+from sorap2p.core.codec import encode
 from sorap2p.core.config import Config
 from sorap2p.core.crypto import IdentityKey
 from sorap2p.core.gossip_rules import GossipRules, SubnetView
 from sorap2p.core.ids import PeerId, Role, SubnetId
-from sorap2p.core.topics import Topic, TopicKind
+from sorap2p.core.topics import Topic, TopicKind, kind_of
 from sorap2p.net.bootstrap import PeerCache, connect_any
 from sorap2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from sorap2p.net.exchange import fetch_dag, serve_car
@@ -33,16 +33,6 @@ from sorap2p.store.blockstore import Blockstore
 from sorap2p.store.params import ParameterStore
 
 _log = logging.getLogger(__name__)
-
-KIND_OF: dict[str, TopicKind] = {
-    "round_open": TopicKind.ROUNDS,
-    "update_announce": TopicKind.UPDATES,
-    "global_model": TopicKind.MODELS,
-    "rankings": TopicKind.RANKINGS,
-    "validation_vote": TopicKind.VOTES,
-    "quorum_proof": TopicKind.PROOFS,
-    "dispute": TopicKind.DISPUTES,
-}
 
 
 @dataclass
@@ -87,8 +77,7 @@ class Services:
     async def publish(self, msg: Any) -> None:
         """Sign ``msg`` with our identity and publish it on its topic."""
         signed = m.sign(self.identity, msg)
-        kind = KIND_OF[type_name(signed)]
-        await self.gossip.publish(Topic(self.subnet, kind), encode(signed))
+        await self.gossip.publish(Topic(self.subnet, kind_of(signed)), encode(signed))
 
     async def fetch_dag(self, root: Cid, providers: list[PeerId]) -> None:
         """Make every block of the DAG under ``root`` local, fetching from ``providers``
