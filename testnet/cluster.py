@@ -181,6 +181,10 @@ class Cluster:
             node.proc.send_signal(sig)
             node.proc.wait(timeout=60)
 
+    def address_of(self, name: str) -> str:
+        """The chain address node ``name`` joined with."""
+        return self._key_of(list(self.nodes).index(name)).address
+
     def alive(self, name: str) -> bool:
         proc = self.nodes[name].proc
         return proc is not None and proc.poll() is None

@@ -99,6 +99,8 @@ contract RoundLedger is EIP712, ReentrancyGuard {
     mapping(bytes32 => mapping(bytes32 => Reputation)) private _reputation;
     mapping(uint256 => Dispute) public disputes;
     uint256 public disputeCount;
+    /// The open dispute of a round, if any (at most one at a time: one bond, one verdict).
+    mapping(bytes32 => mapping(uint64 => uint256)) public openDisputeOf;
     mapping(address => uint256) public withdrawable; // native ETH: returned or forfeited bonds
 
     event RoundRecorded(
@@ -134,6 +136,7 @@ contract RoundLedger is EIP712, ReentrancyGuard {
     error NotStaked();
     error BondTooLow(uint256 required);
     error DisputeNotOpen();
+    error DisputeExists(uint256 disputeId);
     error VerdictMismatch();
     error NothingToWithdraw();
     error TransferFailed();
@@ -393,17 +396,25 @@ contract RoundLedger is EIP712, ReentrancyGuard {
 
     // -- disputes ---------------------------------------------------------------------
 
-    /// @notice A staked member of the subnet disputes a recorded round within the challenge
-    /// window, locking at least the subnet's dispute bond (native ETH).
+    /// @notice A staked member of the subnet disputes a round, locking at least the subnet's
+    /// dispute bond (native ETH). A recorded round can be disputed within the challenge window
+    /// after its recording; a round that was never recorded (its aggregator published a model
+    /// the validators refused to prove) can be disputed at any time, so that its offender can be
+    /// slashed by a quorum-signed verdict. A round has at most one open dispute.
     function openDispute(bytes32 subnet, uint64 round, bytes32 reason)
         external
         payable
         returns (uint256 disputeId)
     {
-        RoundInfo storage info = _recorded(subnet, round);
-        uint64 closesAt = info.recordedAt + registry.challengeWindow(subnet);
-        if (block.timestamp > closesAt) revert DisputeWindowClosed(closesAt);
+        if (round == 0) revert RoundZero();
+        RoundInfo storage info = _rounds[subnet][round];
+        if (info.recordedAt != 0) {
+            uint64 closesAt = info.recordedAt + registry.challengeWindow(subnet);
+            if (block.timestamp > closesAt) revert DisputeWindowClosed(closesAt);
+        }
         if (!registry.isActiveMember(subnet, msg.sender)) revert NotStaked();
+        uint256 open = openDisputeOf[subnet][round];
+        if (open != 0) revert DisputeExists(open);
         uint256 bond = registry.disputeBond(subnet);
         if (msg.value < bond) revert BondTooLow(bond);
         disputeId = ++disputeCount;
@@ -415,6 +426,7 @@ contract RoundLedger is EIP712, ReentrancyGuard {
             bond: msg.value,
             reason: reason
         });
+        openDisputeOf[subnet][round] = disputeId;
         emit DisputeOpened(disputeId, subnet, round, msg.sender, msg.value, reason);
     }
 
@@ -426,6 +438,7 @@ contract RoundLedger is EIP712, ReentrancyGuard {
         if (d.status != DisputeStatus.Open) revert DisputeNotOpen();
         if (d.subnet != v.subnet || d.round != v.round) revert VerdictMismatch();
         _checkSignatures(v.subnet, v.validatorSetVersion, _hashTypedDataV4(hashVerdict(v)), signatures);
+        delete openDisputeOf[v.subnet][v.round];
         uint256 slashed = 0;
         if (v.upheld) {
             d.status = DisputeStatus.Upheld;

@@ -8,7 +8,14 @@ from typing import TypeVar
 
 import trio
 
-from sorap2p.chain.client import ChainClient, Member, Receipt, RoundInfo, SubnetParams
+from sorap2p.chain.client import (
+    ChainClient,
+    DisputeStatus,
+    Member,
+    Receipt,
+    RoundInfo,
+    SubnetParams,
+)
 from sorap2p.chain.events import EventFollower, EventUpdate
 from sorap2p.chain.proof import ChainKey, RoundProof, Verdict
 from sorap2p.core.ids import PeerId, Role
@@ -65,6 +72,12 @@ class AsyncChain:
         self, key: ChainKey, verdict: Verdict, signatures: Sequence[bytes]
     ) -> Receipt | None:
         return await self._run(self.client.resolve_dispute, key, verdict, signatures)
+
+    async def open_dispute_of(self, subnet: bytes, round: int) -> int:
+        return await self._run(self.client.open_dispute_of, subnet, round)
+
+    async def dispute_status(self, dispute_id: int) -> DisputeStatus:
+        return await self._run(self.client.dispute_status, dispute_id)
 
     async def round_recorded(self, subnet: bytes, round: int) -> bool:
         return await self._run(self.client.round_recorded, subnet, round)

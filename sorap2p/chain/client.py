@@ -12,6 +12,7 @@ when the retries run out the RPC is reported down with `ChainError`.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import time
@@ -593,8 +594,26 @@ class ChainClient:
         fn = self.registry.functions.claimable(subnet, to_checksum_address(address))
         return int(self._view(fn.call, "claimable"))
 
+    def open_dispute_of(self, subnet: bytes, round: int) -> int:
+        """The id of the round's open dispute, 0 when none is open."""
+        fn = self.ledger.functions.openDisputeOf(subnet, round)
+        return int(self._view(fn.call, "openDisputeOf"))
+
+    def dispute_status(self, dispute_id: int) -> DisputeStatus:
+        raw = self._view(self.ledger.functions.disputes(dispute_id).call, "disputes")
+        return DisputeStatus(int(raw[2]))
+
     def balance(self, address: str) -> int:
         return int(self._rpc(lambda: self.w3.eth.get_balance(address), "balance"))  # type: ignore[arg-type]
+
+
+class DisputeStatus(enum.IntEnum):
+    """RoundLedger.DisputeStatus."""
+
+    NONE = 0
+    OPEN = 1
+    UPHELD = 2
+    REJECTED = 3
 
 
 class _NonceTakenError(ChainError):

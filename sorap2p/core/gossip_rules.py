@@ -98,6 +98,7 @@ class GossipRules:
             TopicKind.VOTES: self.validation_vote,
             TopicKind.PROOFS: self.quorum_proof,
             TopicKind.DISPUTES: self.dispute,
+            TopicKind.VERDICTS: self.verdict_vote,
         }
         return table[kind]
 
@@ -135,7 +136,11 @@ class GossipRules:
         ):
             return Verdict.reject("RoundOpen not signed by the subnet's aggregator")
         for r in msg.recipients:
-            if r.x25519 != x25519_public_from_peer(r.peer):
+            try:
+                matches = r.x25519 == x25519_public_from_peer(r.peer)
+            except RemoteProtocolError:  # not a point on the curve: no valid peer's key
+                matches = False
+            if not matches:
                 return Verdict.reject("recipient X25519 key does not match its peer id")
         if msg.deadline < self._now() - CLOCK_SKEW_MS:
             return Verdict.ignore("round already closed")
@@ -243,3 +248,19 @@ class GossipRules:
         if view.members and msg.signer not in view.members:
             return Verdict.reject("dispute signer is not staked in the subnet")
         return self._once(("dispute", msg.round, msg.signer, msg.accused)) or Verdict.accept()
+
+    def verdict_vote(self, origin: PeerId, data: bytes) -> Verdict:
+        msg, bad = self._common(origin, data, m.VerdictVote)
+        if bad:
+            return bad
+        view = self._view()
+        if not view.has_role(msg.signer, Role.VALIDATOR):
+            return Verdict.reject("verdict signer is not a staked validator")
+        if view.validator_addresses and view.validator_addresses.get(msg.eth_address) != msg.signer:
+            return Verdict.reject("verdict address is not this validator's registered address")
+        if self._recover is not None and (
+            self._recover(msg.verdict_digest, msg.eth_signature) != msg.eth_address
+        ):
+            return Verdict.reject("EIP-712 signature does not recover the verdict's address")
+        # one verdict per validator and dispute (a validator does not change its mind)
+        return self._once(("verdict", msg.dispute_id, msg.signer)) or Verdict.accept()

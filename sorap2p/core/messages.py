@@ -4,8 +4,9 @@ The data flow (see protocols/messages.md): an aggregator opens a round (`RoundOp
 trainers train and announce encrypted updates (`UpdateAnnounce`); the aggregator publishes
 the new model (`GlobalModel`) and its ranking of trainers (`Rankings`); validators check and
 vote (`ValidationVote`); once k votes exist one of them posts a `QuorumProof` on chain;
-anyone may raise a `Dispute`. `SubnetRecord` is the signed, versioned description of a
-subnet stored in the DHT.
+anyone may raise a `Dispute`; validators sign a `VerdictVote` on an on-chain dispute and k
+equal ones resolve it (slashing the offender when upheld). `SubnetRecord` is the signed,
+versioned description of a subnet stored in the DHT.
 
 Signed messages end with ``signer`` (the libp2p peer id, which embeds the Ed25519 key) and
 ``signature``. The signature covers the canonical encoding of the message with an empty
@@ -198,6 +199,38 @@ class Dispute:
     tx_hash: bytes = field(metadata=spec(max_len=32))
     signer: PeerId
     signature: bytes = field(default=_NO_SIG, metadata=_SIG)
+
+
+MAX_DISPUTE_ID: Final = (1 << 63) - 1
+
+
+@message("verdict_vote", max_size=4096)
+@dataclass(frozen=True, slots=True)
+class VerdictVote:
+    """A validator's position on an open on-chain dispute: the RoundLedger `Verdict` it
+    judges right, with its EIP-712 signature. Once k validators signed the same verdict, one
+    of them submits `resolveDispute`; an upheld verdict slashes ``offender``."""
+
+    subnet: SubnetId
+    dispute_id: int = field(metadata=spec(min_value=1, max_value=MAX_DISPUTE_ID))
+    round: RoundId
+    validator_set_version: int = field(metadata=spec(min_value=1, max_value=(1 << 32) - 1))
+    upheld: bool
+    offender: bytes = field(metadata=spec(size=20))  # the accused member's chain address
+    slash_amount: bytes = field(metadata=_HASH32)  # uint256, big-endian
+    verdict_digest: bytes = field(metadata=_HASH32)  # EIP-712 digest of the verdict
+    eth_address: bytes = field(metadata=spec(size=20))
+    eth_signature: bytes = field(metadata=spec(size=65))
+    signer: PeerId
+    signature: bytes = field(default=_NO_SIG, metadata=_SIG)
+
+    @property
+    def amount(self) -> int:
+        return int.from_bytes(self.slash_amount, "big")
+
+    def __post_init__(self) -> None:
+        if not self.upheld and any(self.slash_amount):
+            raise RemoteProtocolError("a rejected verdict slashes nothing")
 
 
 @message("subnet_record", max_size=8192)

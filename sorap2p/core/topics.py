@@ -21,6 +21,7 @@ from sorap2p.core.messages import (
     RoundOpen,
     UpdateAnnounce,
     ValidationVote,
+    VerdictVote,
 )
 
 TOPIC_PREFIX: Final = "/sorap2p"
@@ -36,6 +37,7 @@ class TopicKind(enum.StrEnum):
     VOTES = "votes"
     PROOFS = "proofs"
     DISPUTES = "disputes"
+    VERDICTS = "verdicts"
 
     @property
     def message_type(self) -> type:
@@ -50,6 +52,7 @@ _MESSAGE_OF_KIND: Final[dict[TopicKind, type]] = {
     TopicKind.VOTES: ValidationVote,
     TopicKind.PROOFS: QuorumProof,
     TopicKind.DISPUTES: Dispute,
+    TopicKind.VERDICTS: VerdictVote,
 }
 
 

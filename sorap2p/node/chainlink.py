@@ -18,7 +18,7 @@ from sorap2p.chain.events import EventFollower, EventStatus
 from sorap2p.chain.proof import ChainKey
 from sorap2p.core.errors import ConfigError, RemoteProtocolError
 from sorap2p.core.gossip_rules import SubnetView
-from sorap2p.core.ids import PeerId, Role
+from sorap2p.core.ids import PeerId, Role, RoundId
 from sorap2p.node.proofs import ChainProofs
 from sorap2p.node.services import Services
 
@@ -45,9 +45,26 @@ class RegistryView:
         self.validator_addresses: list[str] = []
         self.version = 0
         self.quorum = 1
+        self.disputes: dict[int, RoundId] = {}  # dispute id -> round, of this subnet
+        self.resolutions: dict[int, bool] = {}  # dispute id -> upheld
+
+    def address_of(self, peer: PeerId) -> bytes | None:
+        """The chain address a member joined with (None for a non-member)."""
+        for addr, (p, _) in self.members.items():
+            if p == peer:
+                return bytes.fromhex(addr.removeprefix("0x"))
+        return None
 
     def apply(self, name: str, args: dict[str, Any]) -> None:
+        if name == "DisputeResolved":  # the event names no subnet: keep only ours
+            dispute_id = int(args["disputeId"])
+            if dispute_id in self.disputes:
+                self.resolutions[dispute_id] = bool(args["upheld"])
+            return
         if bytes(args.get("subnet", b"")) != self.base.subnet.key:
+            return
+        if name == "DisputeOpened":
+            self.disputes[int(args["disputeId"])] = RoundId(int(args["round"]))
             return
         if name == "Joined":
             try:
@@ -120,5 +137,11 @@ async def attach_chain(services: Services, *, poll_s: float = 1.0) -> ChainProof
                 _log.warning("registry refresh failed: %s", exc)
 
     services.extras["chain"] = chain
+    services.extras["registry"] = registry
     services.background(follow)
-    return ChainProofs(key, chain, dispute_bond=params.dispute_bond)
+    return ChainProofs(
+        key,
+        chain,
+        dispute_bond=params.dispute_bond,
+        slash_amount=params.min_stake[Role.AGGREGATOR.code - 1],
+    )

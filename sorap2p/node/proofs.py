@@ -9,14 +9,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sorap2p.chain.aio import AsyncChain
+from sorap2p.chain.client import DisputeStatus, TransactionRevertedError
 from sorap2p.chain.proof import (
     ChainKey,
     Domain,
     RoundProof,
     RoundRecord,
+    Verdict,
     order_signatures,
     round_digest,
     sign_round,
+    sign_verdict,
+    verdict_digest,
 )
 from sorap2p.core.ids import RoundId, SubnetId
 
@@ -68,11 +72,13 @@ class GossipOnlyProofs:
 
 @dataclass
 class ChainProofs:
-    """RoundLedger on an EVM chain."""
+    """RoundLedger on an EVM chain. ``slash_amount``: what an upheld verdict takes from the
+    offending aggregator (the subnet's minimum aggregator stake: all of what it had to lock)."""
 
     key: ChainKey
     chain: AsyncChain
     dispute_bond: int = 0
+    slash_amount: int = 0
 
     @property
     def domain(self) -> Domain:
@@ -93,11 +99,35 @@ class ChainProofs:
         return await self.recorded_raw(subnet.key, round.number)
 
     async def dispute(self, subnet: SubnetId, round: RoundId, reason: str) -> int | None:
-        """Open an on-chain dispute of a *recorded* round; an unproven round has nothing to
-        dispute on chain (its gossiped Dispute and the missing proof are the record)."""
-        if not await self.recorded(subnet, round):
+        """Open the on-chain dispute of a round, proven or not, locking the subnet's bond.
+        None when the round already has an open dispute (ours or another validator's)."""
+        if await self.chain.open_dispute_of(subnet.key, round.number):
             return None
         tag = reason.encode()[:32].ljust(32, b"\x00")
-        return await self.chain.open_dispute(
-            self.key, subnet.key, round.number, tag, self.dispute_bond
-        )
+        try:
+            return await self.chain.open_dispute(
+                self.key, subnet.key, round.number, tag, self.dispute_bond
+            )
+        except TransactionRevertedError as exc:
+            if exc.error == "DisputeExists":
+                return None  # another validator was quicker
+            raise
+
+    def verdict_digest(self, verdict: Verdict) -> bytes:
+        return verdict_digest(self.domain, verdict)
+
+    def sign_verdict(self, verdict: Verdict) -> bytes:
+        return sign_verdict(self.key, self.domain, verdict)
+
+    async def resolve(self, verdict: Verdict, signatures: tuple[bytes, ...]) -> bytes:
+        """Post a quorum-signed verdict; b"" when the dispute is no longer open."""
+        if await self.chain.dispute_status(verdict.dispute_id) is not DisputeStatus.OPEN:
+            return b""
+        ordered = order_signatures(self.verdict_digest(verdict), signatures)
+        try:
+            receipt = await self.chain.resolve_dispute(self.key, verdict, ordered)
+        except TransactionRevertedError as exc:
+            if exc.error == "DisputeNotOpen":
+                return b""  # another validator's resolution landed first
+            raise
+        return receipt.tx_hash if receipt is not None else b""

@@ -91,6 +91,9 @@ def _fix(cls: type[Any], kw: dict[str, Any]) -> dict[str, Any]:
     elif cls is m.ValidationVote:
         if kw["approve"]:
             kw["eth_signature"] = (kw["eth_signature"] * 65 + b"\x01" * 65)[:65]
+    elif cls is m.VerdictVote:
+        if not kw["upheld"]:
+            kw["slash_amount"] = bytes(32)
     elif cls is m.QuorumProof:
         kw["signatures"] = tuple((s * 65 + b"\x02" * 65)[:65] for s in kw["signatures"])
     return kw

@@ -135,6 +135,22 @@ def sample_messages() -> list[Any]:
             ),
         ),
         m.sign(
+            VALIDATOR,
+            m.VerdictVote(
+                subnet=SUBNET,
+                dispute_id=1,
+                round=RoundId(1),
+                validator_set_version=1,
+                upheld=True,
+                offender=bytes(range(100, 120)),
+                slash_amount=(10**15).to_bytes(32, "big"),
+                verdict_digest=digest,
+                eth_address=bytes(range(20)),
+                eth_signature=bytes(range(65)),
+                signer=VALIDATOR.peer_id,
+            ),
+        ),
+        m.sign(
             AGGREGATOR,
             m.SubnetRecord(
                 subnet=SUBNET,

@@ -168,12 +168,35 @@ def test_dispute_after_the_window_and_other_rejections(env: Env) -> None:
         env.client.open_dispute(outsider, SUBNET, 1, bytes(32), BOND)
     with pytest.raises(TransactionRevertedError, match="BondTooLow"):
         env.client.open_dispute(env.keys[12], SUBNET, 1, bytes(32), BOND - 1)
-    with pytest.raises(TransactionRevertedError, match="UnknownRound"):
-        env.client.open_dispute(env.keys[12], SUBNET, 2, bytes(32), BOND)
+    with pytest.raises(TransactionRevertedError, match="RoundZero"):
+        env.client.open_dispute(env.keys[12], SUBNET, 0, bytes(32), BOND)
     env.rpc("evm_increaseTime", 601)
     env.rpc("evm_mine")
     with pytest.raises(TransactionRevertedError, match="DisputeWindowClosed"):
         env.client.open_dispute(env.keys[12], SUBNET, 1, bytes(32), BOND)
+
+
+def test_unproven_round_is_disputed_and_its_offender_slashed(env: Env) -> None:
+    """A round that never got a proof (the validators refused it) can still be disputed,
+    at any time, once at a time; an upheld verdict slashes its offender."""
+    trainer_joined(env)  # the offender: keys[12]
+    challenger = env.keys[13]
+    env.client.join(challenger, SUBNET, peer(7), Role.VALIDATOR, STAKE)
+    env.rpc("evm_increaseTime", 10_000)  # far beyond any challenge window
+    env.rpc("evm_mine")
+    assert not env.client.round_recorded(SUBNET, 2)
+    dispute_id = env.client.open_dispute(challenger, SUBNET, 2, b"\x01" * 32, BOND)
+    assert env.client.ledger.functions.openDisputeOf(SUBNET, 2).call() == dispute_id
+    with pytest.raises(TransactionRevertedError, match="DisputeExists"):
+        env.client.open_dispute(env.keys[12], SUBNET, 2, bytes(32), BOND)
+    verdict = Verdict(dispute_id, SUBNET, 2, 1, True, env.keys[12].address, STAKE)
+    env.client.resolve_dispute(env.owner, verdict, _signed(env, verdict))
+    assert env.client.member(SUBNET, env.keys[12].address).stake == 0
+    assert env.client.claimable(SUBNET, challenger.address) == STAKE
+    assert env.client.ledger.functions.openDisputeOf(SUBNET, 2).call() == 0
+    # resolved: the round can be disputed again (a new bond, a new verdict)
+    again = env.client.open_dispute(challenger, SUBNET, 2, bytes(32), BOND)
+    assert again == dispute_id + 1
 
 
 def test_only_the_ledger_slashes(env: Env) -> None:

@@ -253,3 +253,55 @@ def test_same_update_may_be_reannounced_after_the_window() -> None:
     assert verdict(r, TopicKind.UPDATES, T0.peer_id, a) == ("ignore", "duplicate")
     clock[0] += 4_000
     assert verdict(r, TopicKind.UPDATES, T0.peer_id, a)[0] == "accept"
+
+
+def verdict_vote(i: int, sig_addr: bytes | None = None, upheld: bool = True) -> m.VerdictVote:
+    addr = eth_address(i)
+    return m.sign(
+        CAST.validators[i],
+        m.VerdictVote(
+            subnet=SUBNET,
+            dispute_id=1,
+            round=RoundId(1),
+            validator_set_version=1,
+            upheld=upheld,
+            offender=b"\x07" * 20,
+            slash_amount=(10**15 if upheld else 0).to_bytes(32, "big"),
+            verdict_digest=b"v" * 32,
+            eth_address=addr,
+            eth_signature=(sig_addr or addr) + b"\x00" * 45,
+            signer=CAST.validators[i].peer_id,
+        ),
+    )
+
+
+def test_verdict_vote_rules() -> None:
+    r = rules()
+    v1 = CAST.validators[1]
+    assert verdict(r, TopicKind.VERDICTS, V0.peer_id, verdict_vote(0)) == ("accept", "")
+    assert verdict(r, TopicKind.VERDICTS, V0.peer_id, verdict_vote(0)) == ("ignore", "duplicate")
+    # one verdict per validator and dispute: a changed mind is not forwarded
+    changed = verdict_vote(0, upheld=False)
+    assert verdict(r, TopicKind.VERDICTS, V0.peer_id, changed) == ("ignore", "duplicate")
+    forged = verdict_vote(1, sig_addr=eth_address(2))
+    assert "EIP-712" in verdict(r, TopicKind.VERDICTS, v1.peer_id, forged)[1]
+    stolen = m.sign(
+        v1,
+        dataclasses.replace(
+            verdict_vote(1), eth_address=eth_address(2), eth_signature=eth_address(2) + bytes(45)
+        ),
+    )
+    assert "registered address" in verdict(r, TopicKind.VERDICTS, v1.peer_id, stolen)[1]
+    by_trainer = m.sign(T0, verdict_vote(2))
+    assert verdict(r, TopicKind.VERDICTS, T0.peer_id, by_trainer)[0] == "reject"
+    relayed = verdict_vote(2)
+    assert verdict(r, TopicKind.VERDICTS, T0.peer_id, relayed)[0] == "reject"
+
+
+def test_rejected_verdict_slashes_nothing() -> None:
+    import pytest
+
+    from sorap2p.core.errors import RemoteProtocolError
+
+    with pytest.raises(RemoteProtocolError, match="slashes nothing"):
+        dataclasses.replace(verdict_vote(0, upheld=False), slash_amount=b"\x01" * 32)

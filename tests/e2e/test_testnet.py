@@ -145,7 +145,7 @@ def test_aggregator_restart_resumes_and_poisoner_ranks_last(tmp_path: Path) -> N
         assert reps[3] < min(reps[i] for i in range(3)), reps
 
 
-def test_wrong_model_gets_no_proof_and_is_disputed(tmp_path: Path) -> None:
+def test_wrong_model_gets_no_proof_and_its_aggregator_is_slashed(tmp_path: Path) -> None:
     spec = ClusterSpec(
         root=tmp_path / "net",
         validators=3,
@@ -170,6 +170,30 @@ def test_wrong_model_gets_no_proof_and_is_disputed(tmp_path: Path) -> None:
             assert st["checks"][0]["reason"].startswith("wrong aggregate"), st["checks"]
             assert st["disputes"][0]["accused"] == aggregator
             assert [v["approve"] for v in st["votes"]] == [False]
+        # one on-chain dispute, judged by k equal verdicts: the aggregator loses its stake
+        assert cluster.client is not None
+        subnet = SubnetId(spec.subnet).key
+        offender = cluster.address_of("aggregator")
+        wait_for(
+            lambda: cluster.client.member(subnet, offender).stake == 0,  # type: ignore[union-attr]
+            300,
+            "the aggregator to be slashed",
+        )
+
+        def verdicts() -> list[list[dict[str, object]]]:
+            return [cluster.status(n)["role_status"].get("verdicts", []) for n in names]
+
+        wait_for(lambda: all(v and "resolved" in v[0] for v in verdicts()), 60, "verdicts")
+        assert all(
+            v[0]["upheld"] and v[0]["slash"] == 10**15 and v[0]["resolved"] for v in verdicts()
+        ), verdicts()
+        resolutions = [
+            r for n in names for r in cluster.status(n)["role_status"].get("resolutions", [])
+        ]
+        assert len(resolutions) == 1 and resolutions[0]["upheld"], resolutions
+        challengers = [n for n in names if cluster.client.claimable(subnet, cluster.address_of(n))]
+        assert len(challengers) == 1  # one bond, one challenger credited with the slashed stake
+        assert cluster.client.claimable(subnet, cluster.address_of(challengers[0])) == 10**15
         # the aggregator gives up on the round without a proof; nothing reaches the chain
         wait_for(lambda: not cluster.alive("aggregator"), 300, "the aggregator to give up")
         rounds = cluster.status("aggregator")["role_status"]["rounds"]

@@ -14,6 +14,7 @@ from sorap2p.chain.proof import RoundRecord, UpdateLeaf
 from sorap2p.core import messages as m
 from sorap2p.core.cid import Cid
 from sorap2p.core.ids import PeerId, Role, RoundId
+from sorap2p.core.rounds.disputes import DisputeBook, DisputeParams
 from sorap2p.core.rounds.events import (
     AnnounceReceived,
     CastVote,
@@ -35,8 +36,9 @@ from sorap2p.learn.data import load_dataset
 from sorap2p.node import work
 from sorap2p.node.driver import Driver
 from sorap2p.node.logs import bind
-from sorap2p.node.proofs import ProofBackend, digest_of, sign
+from sorap2p.node.proofs import ChainProofs, ProofBackend, digest_of, sign
 from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set, watch_for_proof
+from sorap2p.node.roles.disputes import run_disputes
 from sorap2p.node.services import Services
 
 _log = logging.getLogger(__name__)
@@ -74,6 +76,19 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
     records: dict[RoundId, RoundRecord] = {}
     status: dict[str, Any] = services.extras.setdefault("status", {})
     status.update(role=Role.VALIDATOR.value, votes=[], proofs=[], checks=[])
+    # disputes go on chain, judged by quorum-signed verdicts (no chain: gossip only)
+    book = (
+        DisputeBook(
+            DisputeParams(
+                services.identity.peer_id,
+                validators,
+                quorum,
+                backup_ms=int(cfg.round.backup_s * 1000),
+            )
+        )
+        if isinstance(proofs, ChainProofs) and "registry" in services.extras
+        else None
+    )
 
     async with trio.open_nursery() as nursery:
         tasks = Tasks(nursery)
@@ -134,6 +149,8 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
                 "accuracy": acc,
             }
             status["checks"].append(status["last_check"])
+            if book is not None:
+                book.round_checked(ro.round, ok, gm.signer, reason, services.now())
             log.info(
                 "round %s: %s (held-out accuracy %.4f)",
                 ro.round,
@@ -212,6 +229,7 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
                         signer=services.identity.peer_id,
                     )
                 )
+                # the on-chain dispute is opened by rotation (roles/disputes.py)
                 status.setdefault("disputes", []).append(
                     {
                         "round": action.round.number,
@@ -219,10 +237,6 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
                         "reason": action.reason,
                     }
                 )
-                try:
-                    await proofs.dispute(services.subnet, action.round, action.reason)
-                except Exception as exc:
-                    log.warning("round %s: on-chain dispute failed: %s", action.round, exc)
             elif isinstance(action, RoundFinished):
                 tasks.cancel(("watch", action.round))
                 status["last_round"] = {
@@ -258,4 +272,7 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
             driver,
             lambda msg, now: ProofObserved(msg.round, msg.tx_hash),
         )
+        if book is not None:
+            assert isinstance(proofs, ChainProofs)
+            await nursery.start(run_disputes, services, proofs, book, status)
         log.info("validator ready (%d validators, quorum %d)", len(validators), quorum)
