@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -56,10 +57,7 @@ def mnemonic_keys(count: int, mnemonic: str = ANVIL_MNEMONIC) -> tuple[ChainKey,
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_LISTENING: Final = re.compile(r"Listening on 127\.0\.0\.1:(\d+)")
 
 
 class Devchain:
@@ -75,7 +73,8 @@ class Devchain:
         binary: Path | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
-        self.port = port or free_port()
+        self.port = port or 0  # 0: anvil binds a free port; start() learns which
+        self._log: Path | None = None
         self.accounts = accounts
         self.block_time = block_time
         self.state = state
@@ -114,27 +113,42 @@ class Devchain:
             str(self.accounts),
             "--chain-id",
             str(ANVIL_CHAIN_ID),
-            "--silent",
         ]
         if self.block_time is not None:
             cmd += ["--block-time", str(self.block_time)]
         if self.state is not None:
             cmd += ["--state", str(self.state)]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # anvil's own "Listening on 127.0.0.1:PORT" line is the proof that *this* process
+        # bound the port (another anvil may answer on a port we asked for and lost)
+        fd, name = tempfile.mkstemp(prefix="sorap2p-anvil-", suffix=".log")
+        self._log = Path(name)
+        with os.fdopen(fd, "wb") as out:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
-        while not self._answers():
+        while True:
+            port = self._listening_port()
+            if port is not None and (not self.port or port == self.port) and self._answers(port):
+                self.port = port
+                return
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                self._proc = None
-                raise ChainError(f"anvil exited at startup: {err.strip()[:500]}")
+                err = self._log.read_text(errors="replace")[-500:]
+                self._log.unlink(missing_ok=True)
+                self._proc, self._log = None, None
+                raise ChainError(f"anvil exited at startup: {err.strip()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise ChainError(f"anvil did not answer on {self.url}")
+                raise ChainError(f"anvil did not start listening on 127.0.0.1:{self.port or 'any'}")
             time.sleep(0.02)
 
-    def _answers(self) -> bool:
+    def _listening_port(self) -> int | None:
+        assert self._log is not None
+        match = _LISTENING.search(self._log.read_text(errors="replace"))
+        return int(match.group(1)) if match else None
+
+    def _answers(self, port: int) -> bool:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
-        req = urllib.request.Request(self.url, body.encode(), {"content-type": "application/json"})
+        url = f"http://127.0.0.1:{port}"
+        req = urllib.request.Request(url, body.encode(), {"content-type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=1) as resp:
                 return bool(resp.status == 200)
@@ -152,8 +166,9 @@ class Devchain:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        if self._log is not None:
+            self._log.unlink(missing_ok=True)
+            self._log = None
 
     def client(self, config: ChainConfig | None = None) -> ChainClient:
         return ChainClient.connect(self.url, None, config)
