@@ -12,6 +12,7 @@ when the retries run out the RPC is reported down with `ChainError`.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import logging
@@ -603,6 +604,44 @@ class ChainClient:
         raw = self._view(self.ledger.functions.disputes(dispute_id).call, "disputes")
         return DisputeStatus(int(raw[2]))
 
+    def disputes(self, subnet: bytes) -> list[DisputeEntry]:
+        """Every dispute of a subnet from the ledger's events, oldest first."""
+        assert self.deployment is not None
+        start = self.deployment.block
+        opened = self._rpc(
+            lambda: self.ledger.events.DisputeOpened().get_logs(
+                from_block=start, argument_filters={"subnet": subnet}
+            ),
+            "DisputeOpened logs",
+        )
+        out = {
+            int(ev["args"]["disputeId"]): DisputeEntry(
+                dispute_id=int(ev["args"]["disputeId"]),
+                round=int(ev["args"]["round"]),
+                challenger=str(ev["args"]["challenger"]),
+                bond=int(ev["args"]["bond"]),
+                reason=bytes(ev["args"]["reason"]).rstrip(b"\x00").decode(errors="replace"),
+                status=DisputeStatus.OPEN,
+            )
+            for ev in opened
+        }
+        if out:
+            resolved = self._rpc(
+                lambda: self.ledger.events.DisputeResolved().get_logs(
+                    from_block=start, argument_filters={"disputeId": list(out)}
+                ),
+                "DisputeResolved logs",
+            )
+            for ev in resolved:
+                entry = out[int(ev["args"]["disputeId"])]
+                out[entry.dispute_id] = dataclasses.replace(
+                    entry,
+                    status=DisputeStatus.UPHELD if ev["args"]["upheld"] else DisputeStatus.REJECTED,
+                    offender=str(ev["args"]["offender"]),
+                    slashed=int(ev["args"]["slashed"]),
+                )
+        return [out[k] for k in sorted(out)]
+
     def balance(self, address: str) -> int:
         return int(self._rpc(lambda: self.w3.eth.get_balance(address), "balance"))  # type: ignore[arg-type]
 
@@ -614,6 +653,20 @@ class DisputeStatus(enum.IntEnum):
     OPEN = 1
     UPHELD = 2
     REJECTED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeEntry:
+    """A dispute as the ledger's events tell it."""
+
+    dispute_id: int
+    round: int
+    challenger: str
+    bond: int
+    reason: str
+    status: DisputeStatus
+    offender: str = ""
+    slashed: int = 0
 
 
 class _NonceTakenError(ChainError):

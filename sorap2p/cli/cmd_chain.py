@@ -58,6 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     status.add_argument("--subnet", required=True)
     status.set_defaults(func=_status)
 
+    disputes = sub.add_parser(
+        "disputes", help="list a subnet's disputes: round, challenger, verdict, slashed stake"
+    )
+    common(disputes, key=False)
+    disputes.add_argument("--deployment", type=Path, default=Path(DEFAULT_DEPLOYMENT))
+    disputes.add_argument("--subnet", required=True)
+    disputes.set_defaults(func=_disputes)
+
 
 def _key(args: argparse.Namespace) -> Any:
     from sorap2p.chain.devchain import mnemonic_keys
@@ -129,4 +137,27 @@ def _status(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def _disputes(args: argparse.Namespace) -> int:
+    from sorap2p.chain.deployment import Deployment
+    from sorap2p.core.ids import SubnetId
+
+    client = _client(args, Deployment.load(args.deployment))
+    entries = client.disputes(SubnetId(args.subnet).key)
+    rows = [
+        {
+            "dispute": d.dispute_id,
+            "round": d.round,
+            "challenger": d.challenger,
+            "bond": d.bond,
+            "reason": d.reason,
+            "status": d.status.name.lower(),
+            "offender": d.offender,
+            "slashed": d.slashed,
+        }
+        for d in entries
+    ]
+    print(json.dumps(rows, indent=2))
     return 0

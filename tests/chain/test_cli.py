@@ -35,6 +35,37 @@ def test_deploy_create_subnet_and_status(
     status = json.loads(capsys.readouterr().out)
     assert status["quorum"] == 2 and status["validatorSetVersion"] == 1
     assert sorted(status["validators"]) == sorted(k.address for k in env.keys[1:4])
+    # a member disputes (an unproven) round 1: `chain disputes` lists it, still open
+    from sorap2p.chain.client import ChainClient
+    from sorap2p.core.ids import Role, SubnetId
+    from tests.chain.conftest import peer
+
+    client = ChainClient.connect(env.devchain.url, deployment)
+    subnet = SubnetId("cli-subnet").key
+    member = env.keys[17]
+    client.join(
+        member,
+        subnet,
+        peer(99),
+        Role.VALIDATOR,
+        client.subnet_params(subnet).min_stake[Role.VALIDATOR.code - 1],
+    )
+    dispute_id = client.open_dispute(member, subnet, 1, b"wrong aggregate".ljust(32, b"\0"), 10**16)
+    capsys.readouterr()
+    assert main(["chain", "disputes", *rpc, *args]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == [
+        {
+            "dispute": dispute_id,
+            "round": 1,
+            "challenger": member.address,
+            "bond": 10**16,
+            "reason": "wrong aggregate",
+            "status": "open",
+            "offender": "",
+            "slashed": 0,
+        }
+    ]
 
 
 def test_deploy_without_a_key_is_a_clear_error(

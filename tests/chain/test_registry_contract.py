@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sorap2p.chain.artifacts import load_artifact
-from sorap2p.chain.client import SubnetParams, TransactionRevertedError
+from sorap2p.chain.client import DisputeStatus, SubnetParams, TransactionRevertedError
 from sorap2p.chain.proof import Verdict, order_signatures, sign_verdict, verdict_digest
 from sorap2p.core.ids import Role, SubnetId
 from tests.chain.conftest import QUORUM, SUBNET, Env, peer
@@ -186,17 +186,26 @@ def test_unproven_round_is_disputed_and_its_offender_slashed(env: Env) -> None:
     env.rpc("evm_mine")
     assert not env.client.round_recorded(SUBNET, 2)
     dispute_id = env.client.open_dispute(challenger, SUBNET, 2, b"\x01" * 32, BOND)
-    assert env.client.ledger.functions.openDisputeOf(SUBNET, 2).call() == dispute_id
+    assert env.client.open_dispute_of(SUBNET, 2) == dispute_id
+    assert env.client.dispute_status(dispute_id) is DisputeStatus.OPEN
     with pytest.raises(TransactionRevertedError, match="DisputeExists"):
         env.client.open_dispute(env.keys[12], SUBNET, 2, bytes(32), BOND)
     verdict = Verdict(dispute_id, SUBNET, 2, 1, True, env.keys[12].address, STAKE)
     env.client.resolve_dispute(env.owner, verdict, _signed(env, verdict))
     assert env.client.member(SUBNET, env.keys[12].address).stake == 0
     assert env.client.claimable(SUBNET, challenger.address) == STAKE
-    assert env.client.ledger.functions.openDisputeOf(SUBNET, 2).call() == 0
+    assert env.client.open_dispute_of(SUBNET, 2) == 0
+    assert env.client.dispute_status(dispute_id) is DisputeStatus.UPHELD
     # resolved: the round can be disputed again (a new bond, a new verdict)
     again = env.client.open_dispute(challenger, SUBNET, 2, bytes(32), BOND)
     assert again == dispute_id + 1
+    listed = env.client.disputes(SUBNET)
+    assert [(d.dispute_id, d.round, d.status, d.slashed) for d in listed] == [
+        (dispute_id, 2, DisputeStatus.UPHELD, STAKE),
+        (again, 2, DisputeStatus.OPEN, 0),
+    ]
+    assert listed[0].challenger == challenger.address and listed[0].reason == "\x01" * 32
+    assert listed[0].offender == env.keys[12].address
 
 
 def test_only_the_ledger_slashes(env: Env) -> None:
