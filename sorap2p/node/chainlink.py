@@ -37,7 +37,8 @@ def connect(services: Services) -> tuple[ChainClient, Deployment]:
 
 
 class RegistryView:
-    """Folds registry events of one subnet into a `SubnetView`."""
+    """Folds registry events of one subnet into a `SubnetView`. A member slashed down to no
+    stake is no longer active (as ``isActiveMember`` on chain): its gossip is refused."""
 
     def __init__(self, base: SubnetView) -> None:
         self.base = base
@@ -47,6 +48,8 @@ class RegistryView:
         self.quorum = 1
         self.disputes: dict[int, RoundId] = {}  # dispute id -> round, of this subnet
         self.resolutions: dict[int, bool] = {}  # dispute id -> upheld
+        self.stakes: dict[str, int] = {}  # address -> stake
+        self.slashed_out: set[str] = set()  # members whose stake a slash took to zero
 
     def address_of(self, peer: PeerId) -> bytes | None:
         """The chain address a member joined with (None for a non-member)."""
@@ -73,21 +76,37 @@ class RegistryView:
                 return
             role = ROLE_OF_CODE.get(int(args["role"]))
             if role is not None:
-                self.members[str(args["member"]).lower()] = (peer, role)
+                address = str(args["member"]).lower()
+                self.members[address] = (peer, role)
+                self.stakes[address] = int(args["stake"])
         elif name == "Left":
             self.members.pop(str(args["member"]).lower(), None)
+        elif name == "StakeAdded":
+            address = str(args["member"]).lower()
+            self.stakes[address] = int(args["stake"])
+            if self.stakes[address] > 0:
+                self.slashed_out.discard(address)
+        elif name == "Slashed":
+            address = str(args["member"]).lower()
+            self.stakes[address] = max(0, self.stakes.get(address, 0) - int(args["amount"]))
+            if self.stakes[address] == 0:
+                self.slashed_out.add(address)
         elif name == "ValidatorSetUpdated":
             self.version = int(args["version"])
             self.quorum = int(args["quorum"])
             self.validator_addresses = [str(a).lower() for a in args["validators"]]
 
     def view(self) -> SubnetView:
-        members = {peer: role for peer, role in self.members.values()}
+        members = {
+            peer: role
+            for address, (peer, role) in self.members.items()
+            if address not in self.slashed_out
+        }
         aggregators = sorted(p for p, r in members.items() if r is Role.AGGREGATOR)
         addr_to_peer = {}
         for addr in self.validator_addresses:
             entry = self.members.get(addr)
-            if entry is not None and entry[1] is Role.VALIDATOR:
+            if entry is not None and entry[1] is Role.VALIDATOR and addr not in self.slashed_out:
                 addr_to_peer[bytes.fromhex(addr.removeprefix("0x"))] = entry[0]
         return replace(
             self.base,
