@@ -2,6 +2,7 @@
 
     python bench/bench_aggregate.py                 # 50 updates x 10M float32 (2 GB), ~1 min
     python bench/bench_aggregate.py --n 20 --d 1000000 --repeat 2   # a quick look
+    python bench/bench_aggregate.py --naive     # adds unblocked torch.median / torch.sort
 
 Baseline, measured in the same run: the best time of one read pass over the (n, d) matrix
 (``matrix.sum()``, one thread). Each line prints the operation's best time and its ratio to
@@ -26,6 +27,7 @@ from sorap2p.learn.strategies import (
     FedAvg,
     Krum,
     Median,
+    RobustMultiKrum,
     StreamingMean,
     TrimmedMean,
     UpdateBatch,
@@ -54,6 +56,11 @@ def main() -> int:
     ap.add_argument("--beta", type=float, default=0.1, help="trimmed-mean fraction per side")
     ap.add_argument("--skip-flower", action="store_true")
     ap.add_argument("--skip-sorting", action="store_true", help="skip median / trimmed mean")
+    ap.add_argument(
+        "--naive",
+        action="store_true",
+        help="also time torch.median / torch.sort over dim 0 (the unblocked way; slow)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n, d = args.n, args.d
@@ -132,12 +139,23 @@ def main() -> int:
     krum = Krum(f)
     t = best_of(lambda: krum.aggregate(batch), args.slow_repeat)
     record(f"krum (f={f}, one Gram matrix)", t, "<= 10x read", 10)
+    robust = RobustMultiKrum()
+    t = best_of(lambda: robust.aggregate(batch), args.slow_repeat)
+    record("robust multi-krum (Gram + mean)", t, "<= 10x read", 10)
 
     if not args.skip_sorting:
         t = best_of(lambda: Median().aggregate(batch), args.slow_repeat)
         record("coordinate-wise median", t, "<= 50x read", 50)
         t = best_of(lambda: TrimmedMean(args.beta).aggregate(batch), args.slow_repeat)
         record(f"trimmed mean (beta={args.beta})", t, "<= 50x read", 50)
+        if args.naive:
+            trim = int(args.beta * n)
+            t = best_of(lambda: torch.median(matrix, dim=0), args.slow_repeat)
+            record("naive torch.median(dim=0)", t, "(reference)")
+            t = best_of(
+                lambda: torch.sort(matrix, dim=0).values[trim : n - trim].mean(0), args.slow_repeat
+            )
+            record("naive sort + trimmed mean", t, "(reference)")
 
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"aggregate-{time.strftime('%Y%m%dT%H%M%S')}.json"

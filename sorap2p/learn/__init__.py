@@ -25,8 +25,10 @@ Training (`sorap2p.learn.train`)
 Aggregation (`sorap2p.learn.strategies`)
     ``allocate_rows(n, d)`` (aligned rows to decrypt updates into, in key order);
     ``UpdateBatch.create(deltas (n, d) float32, weights, keys)``; strategies FedAvg,
-    FedProx(mu), Median, TrimmedMean(beta), Krum(f), MultiKrum(f, m), NormClipped(inner,
-    max_norm); ``make_strategy(name, params) -> Strategy`` with ``strategy.aggregate(batch) ->
+    FedProx(mu), Median, TrimmedMean(beta), Krum(f), MultiKrum(f, m),
+    RobustMultiKrum(fraction, min_norm) ("robust_multi_krum": the robust default; also drops
+    free riders' empty updates), NormClipped(inner, max_norm);
+    ``make_strategy(name, params) -> Strategy`` with ``strategy.aggregate(batch) ->
     AggregateResult(delta, selected, scores)`` and ``strategy.params()``; ``StreamingMean``;
     ``apply_delta(global_vec, delta, server_lr)``. Determinism and precision: see the module.
 Scoring (`sorap2p.learn.scoring`)

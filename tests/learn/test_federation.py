@@ -25,13 +25,19 @@ from sorap2p.learn.simulate import (
     round_updates,
     run_rounds,
 )
-from sorap2p.learn.strategies import FedAvg, MultiKrum
+from sorap2p.learn.strategies import (
+    AggregateResult,
+    FedAvg,
+    RobustMultiKrum,
+    UpdateBatch,
+    weighted_sum,
+)
 from sorap2p.learn.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 
 TRAIN = TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9)
-# robust setting: Multi-Krum on the aggregator, FedProx (mu = 0.1) on the trainers; the
+# robust setting: RobustMultiKrum on the aggregator, FedProx (mu = 0.1) on the trainers; the
 # proximal term limits client drift, which keeps honest non-IID deltas close enough to each
 # other for distance-based selection to tell them from sign-flipped ones
 ROBUST_TRAIN = TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9, prox_mu=0.1)
@@ -53,10 +59,33 @@ def clean_fedavg() -> list[RoundRecord]:
     return run_rounds(prepare(CONFIG), FedAvg(), 20)
 
 
+ROBUST = RobustMultiKrum()  # fraction 0.3: f = 3 of 10
+
+
+class HonestOnly:
+    """The reference a perfect filter would reach: FedAvg over the honest trainers only."""
+
+    name = "honest_only"
+
+    def aggregate(self, batch: UpdateBatch) -> AggregateResult:
+        byzantine = {f"trainer-{i:04d}".encode() for i in BYZANTINE}
+        rows = [r for r in batch.order if batch.keys[r] not in byzantine]
+        total = sum(batch.weights[r] for r in rows)
+        coeffs = [batch.weights[r] / total for r in rows]
+        return AggregateResult(weighted_sum(batch.deltas, rows, coeffs), tuple(rows))
+
+    def params(self) -> dict[str, object]:
+        return {}
+
+
 @pytest.fixture(scope="module")
 def clean_robust() -> list[RoundRecord]:
-    fed = prepare(FederationConfig(train=ROBUST_TRAIN))
-    return run_rounds(fed, MultiKrum(f=3), 20)
+    return run_rounds(prepare(FederationConfig(train=ROBUST_TRAIN)), ROBUST, 20)
+
+
+@pytest.fixture(scope="module")
+def honest_only() -> list[RoundRecord]:
+    return run_rounds(prepare(FederationConfig(train=ROBUST_TRAIN)), HonestOnly(), 20)
 
 
 def test_digits_cnn_non_iid_reaches_95_percent(clean_fedavg: list[RoundRecord]) -> None:
@@ -79,32 +108,59 @@ ATTACKS: dict[str, Attack] = {
     "sign_flip": SignFlip(),
     "scaling_x10": Scaling(10.0),
     "gaussian_noise": GaussianNoise(0.5),
+    "free_rider": FreeRider(),
 }
-# allowed drop (mean of the last 3 rounds) of Multi-Krum under attack vs its clean run.
-# Part of any drop is inherent: leaving out 3 of 10 non-IID shards (27% of the samples)
-# costs ~1.6 points even when exactly the honest rows are chosen (scaling, noise). Sign-flipped
-# deltas are hard to tell from honest ones in the first rounds (near-orthogonal deltas from a
-# random model), which costs ~0.7 more: measured 2.3 points, so sign flip gets 3 (issue F5
-# asks for 2; see the report).
-ROBUST_TOLERANCE = {"sign_flip": 0.03, "scaling_x10": 0.02, "gaussian_noise": 0.02}
+# Allowed drop (mean of the last 3 rounds) of the robust strategy under attack vs its own
+# clean run (digits has 359 test images: 1 image = 0.28 points). Most of the drop is
+# inherent: the Byzantine trainers send nothing usable, and shards 1, 4 and 7 hold 27% of the
+# samples and 85% of all 8s, so FedAvg over exactly the 7 honest trainers (`HonestOnly`, what
+# a perfect filter reaches) ends 1.6 points below the robust clean run and 3.0 below clean
+# FedAvg. Scaling, noise and free riders are filtered exactly (the robust run equals
+# HonestOnly). Sign-flipped deltas of non-IID trainers are picked in some rounds (honest
+# deltas are near-orthogonal early on and differ mostly in norm): 0.7 points more, 2.3 in
+# all, so sign flip gets 3 (issue F5 asks for 2; see the F5 report). Measured and rejected
+# on this setting (sign flip, last-3 mean; clean robust run 0.95-0.96): cosine to the
+# median of all / of the others 0.85-0.86, sum of cosines to the others 0.83, Krum on unit
+# vectors 0.85, geometric median 0.86, centered clipping around the median 0.80, Bulyan-like
+# Multi-Krum + trimmed mean 0.85, median-norm clipping after Multi-Krum 0.88, a spectral
+# split of the cosine matrix 0.91-0.95 (its best threshold lost elsewhere: other seeds and
+# Byzantine sets), cosine to the previous aggregate (stateful) 0.09: it locked on the
+# flipped rows.
+ROBUST_TOLERANCE = {
+    "sign_flip": 0.03,
+    "scaling_x10": 0.02,
+    "gaussian_noise": 0.02,
+    "free_rider": 0.02,
+}
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
-def test_byzantine_damage_fedavg_but_not_multi_krum(
-    attack: str, clean_fedavg: list[RoundRecord], clean_robust: list[RoundRecord]
+def test_byzantine_damage_fedavg_but_not_robust_strategy(
+    attack: str,
+    clean_fedavg: list[RoundRecord],
+    clean_robust: list[RoundRecord],
+    honest_only: list[RoundRecord],
 ) -> None:
     transform = attack_transform({i: ATTACKS[attack].apply for i in BYZANTINE})
     damaged = run_rounds(prepare(CONFIG), FedAvg(), SHORT, transform=transform)
-    robust_fed = prepare(FederationConfig(train=ROBUST_TRAIN))
-    robust = run_rounds(robust_fed, MultiKrum(f=3), 20, transform=transform)
+    robust = run_rounds(
+        prepare(FederationConfig(train=ROBUST_TRAIN)), ROBUST, 20, transform=transform
+    )
     clean_short = clean_fedavg[SHORT - 1].test.accuracy
     print(
         f"\n{attack}: FedAvg {damaged[-1].test.accuracy:.4f} vs clean {clean_short:.4f} "
-        f"at round {SHORT}; Multi-Krum last-3 mean {_tail(robust):.4f} vs clean "
-        f"{_tail(clean_robust):.4f}; robust curve {_accs(robust)}"
+        f"at round {SHORT}; {ROBUST.name} last-3 mean {_tail(robust):.4f} vs its clean "
+        f"{_tail(clean_robust):.4f}, honest-only {_tail(honest_only):.4f}, clean FedAvg "
+        f"{_tail(clean_fedavg):.4f}; robust curve {_accs(robust)}"
     )
-    assert damaged[-1].test.accuracy < clean_short - 0.10
+    if attack == "free_rider":
+        # zero deltas only dilute a FedAvg step: it is slowed (measured -7.5 points), not wrecked
+        assert damaged[-1].test.accuracy < clean_short - 0.05
+    else:
+        assert damaged[-1].test.accuracy < clean_short - 0.10
     assert _tail(robust) >= _tail(clean_robust) - ROBUST_TOLERANCE[attack]
+    if attack != "sign_flip":
+        assert _tail(robust) >= _tail(honest_only) - 0.005
     # Byzantine rows enter few robust aggregates (a blind choice of 7 of 10 would pick 42)
     picked = sum(i in r.result.selected for r in robust for i in BYZANTINE)
     print(f"Byzantine rows selected {picked} times in 20 rounds")

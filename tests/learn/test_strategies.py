@@ -12,12 +12,14 @@ from sorap2p.core.cid import Cid
 from sorap2p.core.errors import ConfigError, LocalProtocolError
 from sorap2p.learn.strategies import (
     BLOCK,
+    SUM_BLOCK,
     FedAvg,
     FedProx,
     Krum,
     Median,
     MultiKrum,
     NormClipped,
+    RobustMultiKrum,
     StreamingMean,
     TrimmedMean,
     UpdateBatch,
@@ -35,6 +37,8 @@ ALL = [
     Krum(1),
     MultiKrum(1),
     MultiKrum(1, 3),
+    RobustMultiKrum(),
+    RobustMultiKrum(0.2, weighted=False),
     make_strategy("fedavg", {"clip_norm": 0.5}),
     make_strategy("median", {"clip_median": 1.0}),
     make_strategy("multi_krum", {"f": 1, "clip_median": 1.0}),
@@ -122,6 +126,40 @@ def test_median_and_trimmed_mean_match_numpy(n: int) -> None:
     torch.testing.assert_close(TrimmedMean(0.2).aggregate(b).delta, torch.from_numpy(ref))
 
 
+def _sorted_reference(x: torch.Tensor, trim: int, median: bool) -> torch.Tensor:
+    """The definition: sort each column, then sum the kept rows per `SUM_BLOCK` columns."""
+    n, d = x.shape
+    s = torch.sort(x, dim=0).values
+    if median:
+        mid = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) * 0.5
+        return mid + 0.0
+    keep = s[trim : n - trim]
+    parts = [keep[:, a : a + SUM_BLOCK].contiguous().sum(0) for a in range(0, d, SUM_BLOCK)]
+    return torch.cat(parts) / (n - 2 * trim) + 0.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 33, 50, 300])
+def test_median_and_trimmed_mean_equal_their_definition_bitwise(n: int) -> None:
+    g = torch.Generator().manual_seed(100 + n)
+    d = SUM_BLOCK + 1001  # a full and a partial summation block
+    x = torch.randn(n, d, generator=g) * torch.rand(n, 1, generator=g) * 10
+    x[0, :500] = 0.0  # ties, and zeros of both signs
+    x[-1, 200:700] = -0.0
+    if n > 2:
+        x[1, 1000:1500] = x[2, 1000:1500]
+    perm = list(reversed(range(n)))
+    keys = [i.to_bytes(2, "big") for i in range(n)]
+    a = _batch(x, [1.0] * n, keys)
+    b = _batch(x[perm].contiguous(), [1.0] * n, [keys[i] for i in perm])
+    cases: list[tuple[Any, int, bool]] = [(Median(), 0, True)]
+    cases += [(TrimmedMean(beta), int(beta * n), False) for beta in (0.0, 0.1, 0.2, 0.45)]
+    for strategy, trim, median in cases:
+        ref = _sorted_reference(x, trim, median)
+        for batch in (a, b):
+            got = strategy.aggregate(batch).delta
+            assert torch.equal(got.view(torch.int32), ref.view(torch.int32)), (strategy, n)
+
+
 def test_krum_and_multi_krum_exclude_outliers() -> None:
     g = torch.Generator().manual_seed(2)
     honest = torch.randn(7, 50, generator=g) * 0.1 + 1.0
@@ -137,6 +175,37 @@ def test_krum_and_multi_krum_exclude_outliers() -> None:
     assert max(mk.scores[i] for i in range(7)) < min(mk.scores[i] for i in range(7, 10))
     with pytest.raises(LocalProtocolError):
         Krum(4).aggregate(b)  # needs n >= 2f + 3
+
+
+def test_robust_multi_krum_drops_empty_rows_and_outliers() -> None:
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 200, generator=g)
+    honest = base * 0.3 + torch.randn(7, 200, generator=g)  # near-orthogonal, like non-IID
+    w = [float(10 + i) for i in range(10)]
+    keys = [f"k{i}" for i in range(10)]
+    # free riders: the zero rows are closer to the honest rows than those are to each other,
+    # so plain Multi-Krum keeps them; here they are dropped and use up the budget f = 3
+    riders = torch.cat([honest, torch.zeros(3, 200)])
+    b = _batch(riders, w, keys)
+    assert set(range(7, 10)) <= set(MultiKrum(3).aggregate(b).selected)
+    r = RobustMultiKrum().aggregate(b)
+    assert r.selected == tuple(range(7))
+    assert all(r.scores[i] == float("inf") for i in range(7, 10))
+    torch.testing.assert_close(r.delta, FedAvg().aggregate(_batch(honest, w[:7], keys[:7])).delta)
+    # boosted and noise rows are far from everything: Krum drops them
+    bad = torch.cat([honest, honest[:2] * 10, torch.randn(1, 200, generator=g) * 20])
+    r = RobustMultiKrum().aggregate(_batch(bad, w, keys))
+    assert r.selected == tuple(range(7))
+    # empty rows use up the budget: two empty rows leave f = 1 for two boosted rows
+    mixed = torch.cat([honest[:6], torch.zeros(2, 200), honest[:2] * 10])
+    r = RobustMultiKrum().aggregate(_batch(mixed, w, keys))
+    assert len(r.selected) == 7 and {6, 7}.isdisjoint(r.selected)
+    assert len(set(r.selected) & {8, 9}) == 1
+    # small batches: f is capped at (live - 3) // 2; all-zero batches give a zero delta
+    r = RobustMultiKrum().aggregate(_batch(honest[:4], w[:4], keys[:4]))
+    assert r.selected == (0, 1, 2, 3)
+    z = RobustMultiKrum().aggregate(_batch(torch.zeros(3, 5), [1.0] * 3, [b"a", b"b", b"c"]))
+    assert z.selected == () and torch.equal(z.delta, torch.zeros(5))
 
 
 def test_norm_clipping() -> None:
@@ -159,6 +228,12 @@ def test_registry_and_params() -> None:
         "weighted": True,
     }
     assert make_strategy("fedprox", {"mu": 0.5, "clip_norm": 2}).params()["clip_norm"] == 2.0
+    assert make_strategy("robust_multi_krum") == RobustMultiKrum()
+    assert make_strategy("robust_multi_krum", {"fraction": 0.2, "min_norm": 0}).params() == {
+        "fraction": 0.2,
+        "min_norm": 0.0,
+        "weighted": True,
+    }
     for name, params in [
         ("nope", {}),
         ("fedavg", {"bogus": 1}),
@@ -167,6 +242,9 @@ def test_registry_and_params() -> None:
         ("fedavg", {"weighted": 1}),
         ("trimmed_mean", {"beta": 0.5}),
         ("fedprox", {"mu": -1.0}),
+        ("robust_multi_krum", {"fraction": 0.5}),
+        ("robust_multi_krum", {"min_norm": 1.0}),
+        ("robust_multi_krum", {"f": 3}),
         ("fedavg", {"clip_norm": 0}),
         ("fedavg", {"clip_norm": 1, "clip_median": 1}),
     ]:
