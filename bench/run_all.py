@@ -25,7 +25,38 @@ BENCHES = {
     "store": (["bench_store.py"], ["--mb", "8", "--repeat", "1"]),
     "net": (["bench_net.py"], ["--mib", "16"]),
     "gas": (["bench_gas.py"], ["--timed", "3"]),
+    # a real testnet: 10 trainers (quick: 4) as processes, anvil, digits CNN
+    "round": (["bench_round.py"], ["--trainers", "4", "--rounds", "1"]),
 }
+
+
+def headlines(obj: object, path: str = "") -> list[tuple[str, float]]:
+    """Every number in a result whose key path names a ratio (its headline figures)."""
+    out: list[tuple[str, float]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += headlines(v, f"{path}.{k}" if path else str(k))
+    elif (
+        isinstance(obj, int | float)
+        and not isinstance(obj, bool)
+        and any(word in path.lower() for word in ("ratio", "speedup", "vs_", "_x"))
+    ):
+        out.append((path, float(obj)))
+    return out
+
+
+def print_table(benches: dict[str, dict[str, object]], per_bench: int = 12) -> None:
+    """One line per headline ratio of each benchmark (baseline measured in the same run)."""
+    print(f"{'bench':<10} {'figure':<64} {'ratio':>9}")
+    for name, entry in benches.items():
+        rows = headlines(entry.get("results", {}))
+        status = "ok" if entry.get("exit_code") == 0 else f"exit {entry.get('exit_code')}"
+        if not rows:
+            print(f"{name:<10} {'(no ratios reported; ' + status + ')':<64} {'':>9}")
+        for path, value in rows[:per_bench]:
+            print(f"{name:<10} {path[:64]:<64} {value:>9.3g}")
+        if len(rows) > per_bench:
+            print(f"{name:<10} {f'... {len(rows) - per_bench} more in all.json':<64}")
 
 
 def main() -> int:
@@ -59,6 +90,7 @@ def main() -> int:
         failures += proc.returncode != 0
         report["benches"][name] = entry  # type: ignore[index]
     (RESULTS / "all.json").write_text(json.dumps(report, indent=1, default=str))
+    print_table(report["benches"])  # type: ignore[arg-type]
     print(f"wrote {RESULTS / 'all.json'}; {failures} benchmark(s) failed")
     return 1 if failures else 0
 

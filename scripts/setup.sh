@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything sorap2p needs on a fresh machine:
 #   - a Python virtual environment in .venv with torch==2.13.0 (CPU) and sorap2p[dev];
-#   - npm packages of contracts/ (solc, OpenZeppelin, anvil) and interop/ (Helia, @ipld/car).
+#   - npm packages of contracts/ (solc, OpenZeppelin, anvil) and interop/ (Helia, @ipld/car);
+#   - Debian's chromium (the dashboard's headless browser test), when missing.
 # Re-running it only installs what changed (stamps keyed by the hash of each manifest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +47,12 @@ for dir in contracts interop; do
     fi
   fi
 done
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium (Debian package) for the dashboard's browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    log "chromium missing (needs root and apt-get): the dashboard's browser test will skip"
+  fi
+fi
 log "ready: $VENV"

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sorap2p.chain.client import ChainClient, SubnetParams
 from sorap2p.chain.deploy import deploy
@@ -46,10 +46,20 @@ class ClusterSpec:
     log_level: str = "info"
     extra: tuple[str, ...] = ()  # more config overrides for every node
     per_node: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> overrides
+    chain_state: bool = False  # anvil keeps its state in root/anvil-state.json (restartable)
 
     @property
     def accounts(self) -> int:
         return 2 + self.validators + self.trainers + 1
+
+
+class Placement(Protocol):
+    """Where node processes run (testnet/netns.py: one network namespace each): the
+    command prefix and the config overrides (listen address, chain URL) of one node."""
+
+    def command_prefix(self, name: str) -> list[str]: ...
+
+    def overrides(self, name: str, chain_url: str) -> list[str]: ...
 
 
 @dataclass
@@ -63,10 +73,12 @@ class NodeProc:
 
 
 class Cluster:
-    def __init__(self, spec: ClusterSpec) -> None:
+    def __init__(self, spec: ClusterSpec, placement: Placement | None = None) -> None:
         self.spec = spec
+        self.placement = placement
         self.root = spec.root
-        self.chain = Devchain(accounts=spec.accounts)
+        state = spec.root / "anvil-state.json" if spec.chain_state else None
+        self.chain = Devchain(accounts=spec.accounts, state=state)
         self.nodes: dict[str, NodeProc] = {}
         self.deployment: Deployment | None = None
         self.client: ChainClient | None = None
@@ -119,6 +131,8 @@ class Cluster:
             if role == "trainer":
                 overrides += [f"node.shard={name.split('-')[1]}", f"node.shards={s.trainers}"]
             overrides += list(s.per_node.get(name, ()))
+            if self.placement is not None:
+                overrides += self.placement.overrides(name, self.chain.url)
             cfg = load_config("", {}, overrides)
             home = Home(self.root / name)
             if not home.exists():
@@ -144,6 +158,8 @@ class Cluster:
         cmd = [sys.executable, "-m", "sorap2p.cli", "node", "--home", str(node.home.path)]
         if node.role != "bootstrap" and self.bootstrap_addr:
             cmd += ["--bootstrap", self.bootstrap_addr]
+        if self.placement is not None:
+            cmd = [*self.placement.command_prefix(node.name), *cmd]
         return cmd
 
     def start_node(self, name: str, *, wait_addr: bool = True) -> NodeProc:
@@ -184,6 +200,14 @@ class Cluster:
     def address_of(self, name: str) -> str:
         """The chain address node ``name`` joined with."""
         return self._key_of(list(self.nodes).index(name)).address
+
+    def chain_down(self) -> None:
+        """Stop anvil (SIGTERM: with ``chain_state`` it writes its state on the way out)."""
+        self.chain.stop()
+
+    def chain_up(self) -> None:
+        """Start anvil again on the same port (from its saved state with ``chain_state``)."""
+        self.chain.start()
 
     def alive(self, name: str) -> bool:
         proc = self.nodes[name].proc
@@ -236,14 +260,14 @@ class Cluster:
 
     def credit_round(self, round: int) -> dict[str, int]:
         """Credit each trainer of a proven round in proportion to its positive reputation delta."""
-        from sorap2p.node.audit import _record_from_tx, _recorded_event
+        from sorap2p.node.audit import record_from_tx, recorded_event
 
         assert self.client is not None and self.owner is not None
         subnet = SubnetId(self.spec.subnet).key
-        ev = _recorded_event(self.client, subnet, round)
+        ev = recorded_event(self.client, subnet, round)
         if ev is None:
             return {}
-        record, _ = _record_from_tx(self.client, bytes(ev["transactionHash"]))
+        record, _ = record_from_tx(self.client, bytes(ev["transactionHash"]))
         accounts = self.trainer_accounts()
         credits = []
         out: dict[str, int] = {}

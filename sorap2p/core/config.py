@@ -22,7 +22,19 @@ from sorap2p.core.ids import PeerId, Role, SubnetId
 
 ENV_PREFIX: Final = "SORAP2P_"
 BEHAVIOURS: Final = frozenset(
-    {"honest", "sign_flip", "scale", "noise", "free_rider", "wrong_model"}
+    {
+        "honest",
+        "sign_flip",
+        "scale",
+        "noise",
+        "free_rider",
+        "label_flip",
+        "wrong_model",
+        "drop_update",
+        "fake_update",
+        "fake_rankings",
+        "approve_all",
+    }
 )
 T = TypeVar("T")
 
@@ -45,11 +57,16 @@ class NodeSection:
         default="honest",
         metadata=doc(
             "adversarial behaviour for tests and demos: honest; trainers: sign_flip, scale, "
-            "noise, free_rider; aggregators: wrong_model"
+            "noise, free_rider, label_flip; aggregators: wrong_model, drop_update, fake_update, "
+            "fake_rankings; validators: approve_all"
         ),
     )
     shard: int = field(default=0, metadata=doc("which shard of the built-in demo data to use"))
     shards: int = field(default=1, metadata=doc("how many shards the demo data is cut into"))
+    trace_gossip: bool = field(
+        default=False,
+        metadata=doc("debug: append every gossip message sent or received to gossip.trace"),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,7 +164,12 @@ class GossipRules:
             return Verdict.reject("announce signer is not a staked trainer")
         ro = self.open_rounds.get(msg.round)
         if ro is None:
+            if self.latest_round is not None and msg.round.number < self.latest_round.number - 2:
+                return Verdict.reject("announce for a long-closed round (stale replay)")
             return Verdict.ignore("round not open")
+        if self._now() > ro.deadline + CLOCK_SKEW_MS:
+            # trainers announce (and re-announce) only until the deadline
+            return Verdict.reject("announce after the round's deadline (stale replay)")
         if msg.base_model != ro.global_model:
             return Verdict.reject("update is not based on the round's global model")
         if not ro.opened_at <= msg.timestamp <= ro.deadline + CLOCK_SKEW_MS:

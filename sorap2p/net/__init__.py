@@ -2,7 +2,8 @@
 
 Public API (import from the modules; importing this package does not import libp2p):
 
-* `host.open_host(identity, listen, config=HostConfig()) -> Host`: TCP + Noise + Yamux.
+* `host.open_host(identity, listen, config=HostConfig()) -> Host`: TCP + Noise + Yamux
+  (`muxer`: py-libp2p's Yamux with flow control that never invites a frame it refuses).
 * `gossip.open_gossip(host, ValidatorRegistry, GossipConfig) -> Gossip`: topics, one sync
   validator per kind (ACCEPT/REJECT/IGNORE), penalties, `publish`, `subscribe`.
 * `discovery.open_discovery(host, DiscoveryConfig) -> Discovery`: private DHT, subnet

@@ -39,7 +39,7 @@ import trio
 from sorap2p.core.cid import SHA2_256, Cid, decode_varint, encode_varint
 from sorap2p.core.errors import RemoteProtocolError, SoraError
 from sorap2p.core.ids import PeerId
-from sorap2p.net.exchange import BlockSink, BlockSource
+from sorap2p.net.exchange import BlockSink, BlockSource, store_hashed
 from sorap2p.net.host import Host
 from sorap2p.net.streams import Stream, open_stream
 from sorap2p.store.dag import links_of
@@ -549,7 +549,7 @@ class Bitswap:
             owner.done.add(key)
             owner.storing += 1
             try:
-                await trio.to_thread.run_sync(owner.store.put_block, cid, data)
+                await trio.to_thread.run_sync(store_hashed, owner.store, cid, data)
             except Exception as exc:  # reported by the fetch (FetchError)
                 owner.failure = exc
                 owner.changed.set()

@@ -65,6 +65,19 @@ class BlockSink(BlockSource, Protocol):
     def put_block(self, cid: Cid, data: bytes | bytearray | memoryview) -> None: ...
 
 
+def store_hashed(store: BlockSink, cid: Cid, data: bytes | bytearray | memoryview) -> None:
+    """Store a block whose bytes the caller has just hashed against ``cid``.
+
+    Uses the store's ``put_hashed`` (no second hash pass) when it has one, else
+    ``put_block`` (which verifies again).
+    """
+    put = getattr(store, "put_hashed", None)
+    if put is None:
+        store.put_block(cid, data)
+    else:
+        put(cid, data)
+
+
 @dataclass(frozen=True, slots=True)
 class CarRequest:
     root: Cid
@@ -413,7 +426,7 @@ class _Fetch:
 
         def write(blocks: list[tuple[Cid, bytes]]) -> None:
             for cid, data in blocks:
-                self.store.put_block(cid, data)
+                store_hashed(self.store, cid, data)  # `CarReader` verified each hash
 
         async with recv:
             async for blocks in recv:

@@ -18,6 +18,10 @@ Mechanism (the rules themselves live in the core; see protocols/gossip.md):
   explicitly (pitfalls 4 and 8); payload cap far under the 1 MiB outbound limit, per-peer
   outbound queues of 1024 RPCs instead of 32, and our own bounded delivery queues with
   drop counters (pitfall 7).
+* Scoring: a forwarder whose score is under ``publish_threshold`` has its messages
+  dropped unread (counted in ``GossipStats.score_gated``); a mesh peer with a negative
+  score is pruned at the next heartbeat, with a backoff (``pruned_for_score``; py-libp2p
+  itself prunes by score only when a mesh is over ``degree_high``).
 * Local publishes are validated once by `Gossip.publish` (so a duplicate check in a
   validator does not see our own message twice) and are trusted by the libp2p hook.
 * Close ordering (pitfall 3): `open_gossip` closes the host before it leaves the pubsub
@@ -136,6 +140,8 @@ class GossipStats:
     dropped_full: int = 0
     duplicates: int = 0
     published: int = 0
+    score_gated: int = 0  # dropped unread: the forwarder's score is under publish_threshold
+    pruned_for_score: int = 0  # mesh links dropped because the peer's score went negative
     by_reason: dict[str, int] = field(default_factory=dict)
 
     def count_reason(self, reason: str) -> None:
@@ -185,6 +191,14 @@ def _pubsub_class() -> type[Any]:
                     self.sora.stats.oversized += 1
                     self._sora_penalise(msg_forwarder, msg, "oversized")
                     return
+                scorer = getattr(self.router, "scorer", None)
+                if scorer is not None and not scorer.allow_publish(
+                    msg_forwarder, list(msg.topicIDs)
+                ):
+                    # graylisted or under the publish threshold: not validated, not
+                    # delivered, not forwarded (libp2p drops it too; we count it)
+                    self.sora.stats.score_gated += 1
+                    return
                 if self._is_msg_seen(msg):
                     self.sora.stats.duplicates += 1
                 else:
@@ -215,6 +229,40 @@ def _pubsub_class() -> type[Any]:
             self.counter = start
 
     return SoraPubsub
+
+
+@functools.cache
+def _router_class() -> type[Any]:
+    """Our `GossipSub` subclass: peers with a negative score leave the mesh.
+
+    py-libp2p 0.8.1 prunes by score only when a mesh is over ``degree_high``; the
+    GossipSub v1.1 rule (and go-libp2p's) is to prune every mesh peer whose score is
+    negative at each heartbeat, with a backoff so it is not grafted back at once.
+    """
+    from libp2p.pubsub.gossipsub import GossipSub
+
+    class SoraGossipSub(GossipSub):
+        sora: Gossip
+
+        def mesh_heartbeat(self) -> tuple[Any, Any]:
+            to_graft, to_prune = super().mesh_heartbeat()
+            scorer = self.scorer
+            if scorer is None:
+                return to_graft, to_prune
+            for topic, peers in self.mesh.items():
+                for peer in [p for p in peers if scorer.score(p, [topic]) < 0]:
+                    peers.discard(peer)
+                    scorer.on_leave_mesh(peer, topic)
+                    self._add_back_off(peer, topic, False)
+                    if topic in to_graft.get(peer, ()):
+                        to_graft[peer].remove(topic)
+                    if topic not in to_prune[peer]:
+                        to_prune[peer].append(topic)
+                    self.sora.stats.pruned_for_score += 1
+                    _log.info("pruned %s from the %s mesh: negative score", peer, topic)
+            return to_graft, to_prune
+
+    return SoraGossipSub
 
 
 class Subscription:
@@ -421,23 +469,23 @@ async def open_gossip(
 ) -> AsyncIterator[Gossip]:
     """Run GossipSub on ``host``. Leaving the context closes ``host`` (pitfall 3)."""
     from libp2p.custom_types import TProtocol
-    from libp2p.pubsub.gossipsub import GossipSub
     from libp2p.tools.anyio_service import background_trio_service
 
     cfg = config or GossipConfig()
     cfg.validate()
-    router = GossipSub(
+    router = _router_class()(
         protocols=[TProtocol(p) for p in cfg.protocols],
         degree=cfg.degree,
         degree_low=cfg.degree_low,
         degree_high=cfg.degree_high,
-        heartbeat_interval=cfg.heartbeat_interval,  # type: ignore[arg-type]
+        heartbeat_interval=cfg.heartbeat_interval,
         heartbeat_initial_delay=min(0.1, cfg.heartbeat_interval),
         score_params=_score_params(cfg),
         spam_protection_enabled=True,
         max_messages_per_topic_per_second=cfg.max_publish_rate,
     )
     gossip = Gossip(host, validators, cfg, clock)
+    router.sora = gossip
     pubsub = _pubsub_class()(
         host.raw,
         router,

@@ -15,6 +15,9 @@ Policy (FIELD-NOTES pitfalls 1, 2, 3, 12, 13):
 * libp2p's log records are forwarded into ``sorap2p.net.libp2p`` two levels down (its
   ERROR/WARNING per normal stream or connection close become INFO/DEBUG), never printed
   by Python's last-resort handler.
+* Yamux is our subclass (`sorap2p.net.muxer`): it never grants a peer more credit than
+  py-libp2p accepts in one frame (16 MiB), and writes larger frames. Noise reads through
+  a read-ahead buffer (`sorap2p.net.noise`).
 * Closing: `open_host` closes the libp2p host *inside* its service context; services
   stacked on top (gossip) call `Host.aclose` before leaving their own service context.
 """
@@ -253,16 +256,19 @@ def build_libp2p_host(identity: IdentityKey, config: HostConfig) -> Any:
     from libp2p.custom_types import TProtocol
     from libp2p.network.config import ConnectionConfig, RetryConfig
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
-    from libp2p.security.noise.transport import Transport as NoiseTransport
     from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
-    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    from sorap2p.net.muxer import install_muxer, yamux_class
+    from sorap2p.net.noise import noise_transport_class
 
     config.validate()
     key_pair = libp2p_key_pair(identity)
     sec_opt = {
-        TProtocol(NOISE_ID): NoiseTransport(key_pair, noise_privkey=x25519_pair().private_key)
+        TProtocol(NOISE_ID): noise_transport_class()(
+            key_pair, noise_privkey=x25519_pair().private_key
+        )
     }
-    muxer_opt = {TProtocol(YAMUX_ID): Yamux}
+    muxer_opt = {TProtocol(YAMUX_ID): yamux_class()}
     conn_cfg = ConnectionConfig(
         max_connections=config.max_connections,
         high_watermark=config.max_connections,
@@ -290,6 +296,7 @@ def build_libp2p_host(identity: IdentityKey, config: HostConfig) -> Any:
     # one quick retry instead of three with exponential backoff: callers (bootstrap,
     # discovery) decide what to try next
     swarm.retry_config = RetryConfig(max_retries=1, initial_delay=0.05, max_delay=0.5)
+    install_muxer(raw)
     return raw
 
 

@@ -53,7 +53,8 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def _recorded_event(client: ChainClient, subnet: bytes, round: int) -> Any | None:
+def recorded_event(client: ChainClient, subnet: bytes, round: int) -> Any | None:
+    """The ``RoundRecorded`` log of a round (the last one if a reorg repeated it), or None."""
     assert client.deployment is not None
     event = client.ledger.events.RoundRecorded()
     logs = event.get_logs(
@@ -63,7 +64,8 @@ def _recorded_event(client: ChainClient, subnet: bytes, round: int) -> Any | Non
     return logs[-1] if logs else None
 
 
-def _record_from_tx(client: ChainClient, tx_hash: bytes) -> tuple[RoundRecord, bytes]:
+def record_from_tx(client: ChainClient, tx_hash: bytes) -> tuple[RoundRecord, bytes]:
+    """The round record and packed signatures of a ``submitRound`` transaction's input."""
     tx = client.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
     _fn, args = client.ledger.decode_function_input(tx["input"])
     raw = args["r"]
@@ -106,11 +108,11 @@ def audit_round(
 ) -> AuditReport:
     report = AuditReport(subnet.name, round.number)
     key = subnet.key
-    ev = _recorded_event(client, key, round.number)
+    ev = recorded_event(client, key, round.number)
     if not report.add("recorded on chain", ev is not None, "" if ev else "no RoundRecorded"):
         return report
     assert ev is not None
-    record, packed = _record_from_tx(client, bytes(ev["transactionHash"]))
+    record, packed = record_from_tx(client, bytes(ev["transactionHash"]))
     stored = client.round_info(key, round.number)
     struct_hash = record.struct_hash()
     report.add(
@@ -143,7 +145,7 @@ def audit_round(
     # -- lineage
     parent_round = int(ev["args"]["parentRound"])
     if parent_round:
-        parent_ev = _recorded_event(client, key, parent_round)
+        parent_ev = recorded_event(client, key, parent_round)
         parent_model = bytes(parent_ev["args"]["modelCid"]) if parent_ev else b""
         report.add(
             "lineage",
@@ -222,7 +224,7 @@ def audit_round(
         for i, a in enumerate(anns):
             work.open_update(store, identity, a.update, ctx, rows[i])
         global_vec = work.load_vector(store, ro.global_model, ctx)
-        rejected = {r["update"]: str(r["reason"]) for r in doc.get("rejected", [])}
+        rejected = work.refused_updates(doc)
         res = work.aggregate_round(store, ro, anns, rows, global_vec, ctx, rejected)
         report.add(
             "recomputed aggregate",

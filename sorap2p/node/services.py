@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from sorap2p.core.crypto import IdentityKey
 from sorap2p.core.gossip_rules import GossipRules, SubnetView
 from sorap2p.core.ids import PeerId, Role, SubnetId
 from sorap2p.core.topics import Topic, TopicKind, kind_of
+from sorap2p.core.validation import Validation, Verdict
 from sorap2p.net.bootstrap import PeerCache, connect_any
 from sorap2p.net.discovery import Discovery, DiscoveryConfig, open_discovery
 from sorap2p.net.exchange import fetch_dag, serve_car
@@ -33,6 +35,50 @@ from sorap2p.store.blockstore import Blockstore
 from sorap2p.store.params import ParameterStore
 
 _log = logging.getLogger(__name__)
+
+Validate = Callable[[PeerId, bytes], Validation | Verdict]
+
+
+TRACE_FILE = "gossip.trace"
+
+
+class GossipTrace:
+    """Debug aid (``node.trace_gossip``): every gossip payload this node sends or validates,
+    appended to ``gossip.trace`` as records ``u8 direction ('>' sent, '<' received) | u8 kind
+    length | kind | u32 payload length | payload`` (big endian). Use `read_trace`."""
+
+    def __init__(self, path: Any) -> None:
+        self._file = open(path, "ab")  # noqa: SIM115 - closed with the services
+
+    def record(self, direction: bytes, kind: TopicKind, payload: bytes) -> None:
+        name = kind.value.encode()
+        head = direction + bytes([len(name)]) + name + struct.pack(">I", len(payload))
+        self._file.write(head + payload)
+        self._file.flush()
+
+    def wrap(self, kind: TopicKind, validate: Validate) -> Validate:
+        def traced(origin: PeerId, data: bytes) -> Validation | Verdict:
+            self.record(b"<", kind, data)
+            return validate(origin, data)
+
+        return traced
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_trace(data: bytes) -> list[tuple[str, TopicKind, bytes]]:
+    """The records of a ``gossip.trace`` file: (direction, kind, payload)."""
+    out, i = [], 0
+    while i < len(data):
+        direction = chr(data[i])
+        n = data[i + 1]
+        kind = TopicKind(data[i + 2 : i + 2 + n].decode())
+        (size,) = struct.unpack_from(">I", data, i + 2 + n)
+        start = i + 6 + n
+        out.append((direction, kind, data[start : start + size]))
+        i = start + size
+    return out
 
 
 @dataclass
@@ -61,6 +107,7 @@ class Services:
     clock: Callable[[], int]
     extras: dict[str, Any] = field(default_factory=dict)
     nursery: trio.Nursery | None = None
+    trace: GossipTrace | None = None
 
     def background(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` until the services close."""
@@ -77,7 +124,10 @@ class Services:
     async def publish(self, msg: Any) -> None:
         """Sign ``msg`` with our identity and publish it on its topic."""
         signed = m.sign(self.identity, msg)
-        await self.gossip.publish(Topic(self.subnet, kind_of(signed)), encode(signed))
+        kind, payload = kind_of(signed), encode(signed)
+        if self.trace is not None:
+            self.trace.record(b">", kind, payload)
+        await self.gossip.publish(Topic(self.subnet, kind), payload)
 
     async def fetch_dag(self, root: Cid, providers: list[PeerId]) -> None:
         """Make every block of the DAG under ``root`` local, fetching from ``providers``
@@ -142,7 +192,11 @@ async def open_services(
     subnet = config.subnet
     box = ViewBox(view or SubnetView(subnet))
     rules = GossipRules(box.get, clock, recover=recover_address)
-    registry = ValidatorRegistry({k: rules.for_kind(k) for k in TopicKind})
+    trace = GossipTrace(home.path / TRACE_FILE) if config.node.trace_gossip else None
+    validators: dict[TopicKind, Validate] = {k: rules.for_kind(k) for k in TopicKind}
+    if trace is not None:
+        validators = {k: trace.wrap(k, v) for k, v in validators.items()}
+    registry = ValidatorRegistry(validators)
     params = ParameterStore(home.path, fsync=config.store.fsync)
     host_cfg = HostConfig(max_connections=config.network.max_connections)
     disc_cfg = DiscoveryConfig(
@@ -150,6 +204,8 @@ async def open_services(
         refresh_interval=config.network.provider_refresh_s,
     )
     async with AsyncExitStack() as stack:
+        if trace is not None:
+            stack.callback(trace.close)
         host = await stack.enter_async_context(
             open_host(identity, config.network.listen, config=host_cfg)
         )
@@ -165,6 +221,7 @@ async def open_services(
         services = Services(
             config, home, identity, subnet, role, host, gossip, discovery, params, rules, box, clock
         )
+        services.trace = trace
         async with trio.open_nursery() as nursery:
             services.nursery = nursery
             if role is not Role.BOOTSTRAP:

@@ -24,6 +24,7 @@ from sorap2p.core.cid import DAG_CBOR, Cid
 from sorap2p.core.crypto import IdentityKey
 from sorap2p.core.errors import IntegrityError, RemoteProtocolError
 from sorap2p.core.ids import PeerId, RoundId, SubnetId
+from sorap2p.learn.data import as_tensors
 from sorap2p.learn.models import build_model
 from sorap2p.learn.strategies import UpdateBatch, apply_delta, make_strategy
 from sorap2p.learn.train import DataLike, EvalResult, TrainConfig, evaluate, local_train
@@ -151,6 +152,13 @@ def adversarial_transform(behaviour: str, seed: int) -> Any:
     return None
 
 
+def flip_labels(data: DataLike, num_classes: int) -> DataLike:
+    """A label-flipping trainer's data (Byzantine, for tests and demos): label ``y`` becomes
+    ``num_classes - 1 - y``, so it trains honestly, on purpose towards wrong answers."""
+    x, y = data if isinstance(data, tuple) else as_tensors(data)
+    return x, (num_classes - 1 - y)
+
+
 # ---------------------------------------------------------------------------- opening updates
 
 
@@ -225,6 +233,23 @@ def aggregate_round(
     return RoundResult(model, new_vec, meta, hashlib.sha256(raw).digest(), ranking, reputation)
 
 
+def refused_updates(doc: Mapping[str, Any]) -> dict[Cid, str]:
+    """The updates a round's aggregator refused, with its reasons, from the metadata document
+    (``rejected``); a malformed list raises `RemoteProtocolError`."""
+    try:
+        return {r["update"]: str(r["reason"]) for r in doc.get("rejected", [])}
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise RemoteProtocolError(f"malformed refused-update list: {exc}") from None
+
+
+def read_metadata(store: Blockstore, cid: Cid) -> dict[str, Any]:
+    """Load a round metadata document (DAG-CBOR map) from the store."""
+    doc = dagcbor.decode(store.get(cid))
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError(f"round metadata {cid} is not a map")
+    return doc
+
+
 def metadata_document(
     ro: m.RoundOpen,
     model: Cid,
@@ -289,9 +314,8 @@ def recheck_round(
     rejected: dict[Cid, str] = {}
     if store.has(gm.metadata):
         try:
-            doc: Any = dagcbor.decode(store.get(gm.metadata))
-            rejected = {r["update"]: str(r["reason"]) for r in doc.get("rejected", [])}
-        except Exception:
+            rejected = refused_updates(read_metadata(store, gm.metadata))
+        except (RemoteProtocolError, IntegrityError):
             rejected = {}
     mine = aggregate_round(store, ro, updates, rows, global_vec, ctx, rejected)
     evaluation = None
@@ -310,3 +334,64 @@ def recheck_round(
     if rankings.entries != mine.ranking:
         return Recheck(False, "rankings differ from the recomputation", mine, evaluation)
     return Recheck(True, "", mine, evaluation)
+
+
+# Announces a validator saw this long before the deadline must be in the aggregate or in the
+# aggregator's refused list: trainers re-announce every few seconds until the deadline, so
+# the aggregator has heard them too (a later announce may legitimately have missed it).
+INCLUSION_MARGIN_MS: Final = 10_000
+
+
+def inclusion_problem(
+    ro: m.RoundOpen,
+    gm: m.GlobalModel,
+    refused: Mapping[Cid, str],
+    seen: Sequence[tuple[m.UpdateAnnounce, int]],
+    margin_ms: int = INCLUSION_MARGIN_MS,
+) -> str | None:
+    """Why the aggregator's choice of updates is wrong, or None: every accepted update must
+    have been announced (no injected update), and every update announced in time (received
+    by us ``margin_ms`` before the deadline) must be accepted or listed as refused (no
+    silently dropped update). ``seen``: (announce, our receive time in unix ms)."""
+    announced = {a.update for a, _ in seen}
+    injected = [c for c in gm.updates if c not in announced]
+    if injected:
+        return f"{len(injected)} accepted updates were never announced"
+    accepted = set(gm.updates)
+    dropped = [
+        a.update
+        for a, received in seen
+        if received <= ro.deadline - margin_ms
+        and a.update not in accepted
+        and a.update not in refused
+    ]
+    if dropped:
+        return f"{len(dropped)} announced updates silently dropped"
+    return None
+
+
+def forge_update(
+    store: Blockstore, identity: IdentityKey, ro: m.RoundOpen, ctx: ModelContext, now_ms: int
+) -> tuple[m.UpdateAnnounce, torch.Tensor]:
+    """A Byzantine aggregator's injected update (tests and demos): a random delta encrypted
+    to the round's recipients, with an announce that is never gossiped."""
+    gen = torch.Generator().manual_seed(ro.round.number)
+    delta = torch.randn(ctx.spec.size, generator=gen) * 0.01
+    recipients = {r.peer: r.x25519 for r in ro.recipients if r.peer != identity.peer_id}
+    cid = encrypt_update(
+        store, delta, recipients, payload_id(ro.subnet, ro.round, identity.peer_id)
+    )
+    announce = m.UpdateAnnounce(
+        subnet=ro.subnet,
+        round=ro.round,
+        update=cid,
+        base_model=ro.global_model,
+        device_hash=hashlib.sha256(b"forged").digest(),
+        num_samples=100,
+        update_size=0,
+        timestamp=now_ms,
+        train_ms=0,
+        encrypted_metrics=b"",
+        signer=identity.peer_id,
+    )
+    return announce, delta

@@ -27,7 +27,7 @@ from sorap2p.store.dag import (
     links_of,
     verify_store,
 )
-from sorap2p.store.errors import BlockNotFound, CodecError, CorruptBlock
+from sorap2p.store.errors import BlockNotFound, CodecError, CorruptBlock, StoreFullError
 from sorap2p.store.unixfs import PROFILES, V0_2015, V1_2025, Profile, cat, import_bytes, import_file
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "GcResult",
     "Pin",
     "Profile",
+    "StoreFullError",
     "VerifyReport",
     "block_key",
     "cat",

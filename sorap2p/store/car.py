@@ -194,7 +194,7 @@ def import_car(store: Blockstore, path: Path) -> CarImport:
             if isinstance(event, CarHeader):
                 roots = event.roots
             else:
-                store.put_block(event.cid, event.data)
+                store.put_hashed(event.cid, event.data)  # the reader verified it
                 count += 1
     return CarImport(roots, count)
 

@@ -182,6 +182,7 @@ def encrypt_update(
 
     A state dict is flattened to float32 first (``layout`` records its names and shapes);
     a tensor is encrypted as it is (contiguous, any supported dtype). Returns the envelope CID.
+    `StoreFullError` when the disk fills up (no partial block or temporary file is left).
     """
     if not recipients or len(recipients) > MAX_RECIPIENTS:
         raise LocalProtocolError(f"an update needs 1..{MAX_RECIPIENTS} recipients")
@@ -199,10 +200,11 @@ def encrypt_update(
     key = ChunkCipher.new_key(random_bytes)
     cipher = ChunkCipher(key, payload_id)
     n = max(1, math.ceil(len(data) / chunk_size))
-    chunks = []
-    for i in range(n):
-        sealed_chunk = cipher.encrypt(i, data[i * chunk_size : (i + 1) * chunk_size], i == n - 1)
-        chunks.append(store.put(sealed_chunk, RAW))
+    sealed_chunks = (
+        cipher.encrypt(i, data[i * chunk_size : (i + 1) * chunk_size], i == n - 1) for i in range(n)
+    )
+    # encrypted and written here, hashed by the store's helper threads meanwhile
+    chunks = store.put_many(sealed_chunks, RAW)
     keys = {str(peer): seal(pub, key) for peer, pub in sorted(recipients.items())}
     env = UpdateEnvelope(payload_id, chunk_size, len(data), dtype, layout, keys, tuple(chunks))
     return store.put(dagcbor.encode(env.to_value()), DAG_CBOR)
@@ -243,8 +245,8 @@ def decrypt_update_into(
     cipher = ChunkCipher(unseal(identity, sealed), env.payload_id)
     n = len(env.chunks)
     cs = env.chunk_size
-    for i, cid in enumerate(env.chunks):
-        block = store.get(cid)
+    # chunk i is decrypted while the store reads ahead and verifies chunk i + 1 (helper thread)
+    for i, block in enumerate(store.get_many(env.chunks)):
         want = min(cs, env.length - i * cs)
         if len(block) != want + TAG_BYTES:
             raise CodecError(f"chunk {i} is {len(block)} bytes, expected {want + TAG_BYTES}")

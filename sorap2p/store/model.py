@@ -15,8 +15,7 @@ straight into one buffer and returns tensors that are views of it (no further co
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -253,20 +252,22 @@ def encode_state_dict(
 ) -> Cid:
     """Store ``sd`` as a model DAG; return the manifest's CID.
 
-    Chunks are hashed and written straight from the tensors' memory. ``workers`` > 1 does
-    that in threads (hashlib and file writes release the GIL).
+    Chunks are hashed once and written straight from the tensors' memory (no copy but the
+    chunks that straddle tensors). With ``workers`` >= 1 the store's helper threads hash up
+    to 2 x ``workers`` chunks ahead while this thread writes (`Blockstore.put_many`);
+    ``workers=0`` hashes and writes in this thread only. `StoreFullError` when the disk
+    fills up: the chunks written so far stay as unpinned blocks (garbage collection takes
+    them), no partial block or temporary file is left.
     """
     if not 1 <= chunk_size <= MAX_BLOCK_SIZE:
         raise LocalProtocolError(f"chunk_size must be 1..{MAX_BLOCK_SIZE}")
     entries = layout_state_dict(sd)
     pieces = iter_chunks(sd, entries, chunk_size)
     total = entries[-1].offset + entries[-1].nbytes if entries else 0
-    put: Callable[[memoryview | bytes], Cid] = lambda piece: store.put(piece, RAW)  # noqa: E731
-    if workers > 1 and len(pieces) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            chunks = tuple(pool.map(put, pieces))
+    if workers > 0:
+        chunks = tuple(store.put_many(pieces, RAW, ahead=2 * workers))
     else:
-        chunks = tuple(put(p) for p in pieces)
+        chunks = tuple(store.put(p, RAW) for p in pieces)
     manifest = ModelManifest(chunk_size, total, entries, chunks, dict(meta or {}))
     return store.put(dagcbor.encode(manifest.to_value()), DAG_CBOR)
 

@@ -27,7 +27,8 @@ import torch
 from sorap2p.core.cid import Cid
 from sorap2p.core.errors import IntegrityError, LocalProtocolError, SoraError
 from sorap2p.core.ids import PeerId, RoundId
-from sorap2p.store.blockstore import Blockstore
+from sorap2p.store.blockstore import FULL_ERRNOS, Blockstore
+from sorap2p.store.errors import StoreFullError
 from sorap2p.store.model import (
     byte_view,
     decode_state_dict,
@@ -125,14 +126,20 @@ class ParameterStore:
 
     # -- files ---------------------------------------------------------------------
     def _write_json(self, path: Path, value: object) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.index / ".tmp" / f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(value, f, sort_keys=True, indent=1)
-            if self._fsync:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(value, f, sort_keys=True, indent=1)
                 f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+                if self._fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+                raise StoreFullError(None, str(self.home), exc) from exc
+            raise
 
     @staticmethod
     def _read_json(path: Path) -> Any:

@@ -91,14 +91,12 @@ class _Builder:
         self.blocks = 0
 
     def leaf(self, chunk: bytes) -> _Node:
+        """A dag-pb leaf (profiles without raw leaves)."""
         self.blocks += 1
-        if self.profile.raw_leaves:
-            cid = self.store.put(chunk, RAW)
-            return _Node(cid, len(chunk), len(chunk))
         data = UnixFSData(UNIXFS_FILE, chunk, filesize=len(chunk)).encode()
         block = encode_node(PBNode((), data))
         cid = _dag_pb_cid(block, self.profile.cid_version)
-        self.store.put_block(cid, block)
+        self.store.put_hashed(cid, block)
         return _Node(cid, len(block), len(chunk))
 
     def parent(self, children: list[_Node]) -> _Node:
@@ -108,7 +106,7 @@ class _Builder:
         data = UnixFSData(UNIXFS_FILE, b"", filesize=sum(sizes), blocksizes=sizes).encode()
         block = encode_node(PBNode(tuple(PBLink(c.cid, "", c.tsize) for c in kept), data))
         cid = _dag_pb_cid(block, self.profile.cid_version)
-        self.store.put_block(cid, block)
+        self.store.put_hashed(cid, block)
         return _Node(cid, len(block) + sum(c.tsize for c in kept), sum(sizes))
 
 
@@ -131,10 +129,23 @@ def _chunks(stream: BinaryIO, size: int) -> Iterator[bytes]:
             return
 
 
+def _recording_sizes(chunks: Iterator[bytes], sizes: list[int]) -> Iterator[bytes]:
+    for chunk in chunks:
+        sizes.append(len(chunk))
+        yield chunk
+
+
 def import_stream(store: Blockstore, stream: BinaryIO, profile: Profile = V1_2025) -> ImportResult:
     """Chunk ``stream`` into the store under ``profile``; return the root CID."""
     builder = _Builder(store, profile)
-    level = [builder.leaf(chunk) for chunk in _chunks(stream, profile.chunk_size)]
+    chunks = _chunks(stream, profile.chunk_size)
+    if profile.raw_leaves:  # hashed in the store's helper threads while this one writes
+        sizes: list[int] = []
+        cids = store.put_many(_recording_sizes(chunks, sizes), RAW)
+        builder.blocks += len(cids)
+        level = [_Node(cid, n, n) for cid, n in zip(cids, sizes, strict=True)]
+    else:
+        level = [builder.leaf(chunk) for chunk in chunks]
     size = sum(n.filesize for n in level)
     if len(level) == 1:  # a single-chunk file is its own leaf
         return ImportResult(level[0].cid, size, builder.blocks)

@@ -1,5 +1,6 @@
 """The README's main command on its embedded defaults: 10 rounds, 1 bootstrap, 1 aggregator,
-3 validators, 5 trainers, each a separate process; >= 95% accuracy and 10 proofs on chain."""
+3 validators, 5 trainers, each a separate process; >= 95% accuracy and 10 proofs on chain.
+Its run folder is then served by the dashboard and checked in headless Chromium."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sorap2p.chain.devchain import find_anvil
+from tests.e2e.test_dashboard import CHROMIUM, assert_page_matches_report, serve_and_render
 
 pytestmark = [
     pytest.mark.net,
@@ -47,3 +49,9 @@ def test_default_testnet_learns_and_proves_every_round(tmp_path: Path) -> None:
     assert "## Rounds proven on chain" in md and (run / "accuracy.svg").read_text().startswith(
         "<svg"
     )
+    # the live dashboard was served while it ran; the finished run is shown from report.json
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/$", out.stdout, re.M), out.stdout
+    if CHROMIUM.is_file():
+        dom = serve_and_render(run)
+        assert_page_matches_report(dom, report)
+        assert "10" in re.findall(r'<b id="proven">(\d+)</b>', dom)

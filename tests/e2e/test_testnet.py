@@ -145,7 +145,27 @@ def test_aggregator_restart_resumes_and_poisoner_ranks_last(tmp_path: Path) -> N
         assert reps[3] < min(reps[i] for i in range(3)), reps
 
 
-def test_wrong_model_gets_no_proof_and_its_aggregator_is_slashed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        ("wrong_model", "wrong aggregate"),
+        ("drop_update", "1 announced updates silently dropped"),
+        ("fake_update", "1 accepted updates were never announced"),
+        ("fake_rankings", "rankings differ"),
+    ],
+)
+def test_byzantine_aggregator_gets_no_proof_and_is_slashed(
+    tmp_path: Path, behaviour: str, reason: str
+) -> None:
+    """Each way an aggregator can cheat (a wrong aggregate, a silently dropped honest update,
+    an injected update, fake rankings) is refused by every honest validator, disputed on
+    chain once, and punished by k equal verdicts that slash its stake; no round is proven.
+    With the wrong aggregate, one validator colludes (approves everything): fewer than k
+    approvals prove nothing, and its contrary verdict does not save the aggregator."""
+    colluder = behaviour == "wrong_model"
+    per_node = {"aggregator": (f"node.behaviour={behaviour}",)}
+    if colluder:
+        per_node["validator-0"] = ("node.behaviour=approve_all",)
     spec = ClusterSpec(
         root=tmp_path / "net",
         validators=3,
@@ -153,12 +173,12 @@ def test_wrong_model_gets_no_proof_and_its_aggregator_is_slashed(tmp_path: Path)
         quorum=2,
         rounds=1,
         round_s=40.0,
-        per_node={"aggregator": ("node.behaviour=wrong_model",)},
+        per_node=per_node,
         extra=("round.proof_timeout_s=30",),
     )
     with Cluster(spec) as cluster:
         cluster.start_all()
-        names = [f"validator-{i}" for i in range(3)]
+        names = [f"validator-{i}" for i in range(1 if colluder else 0, 3)]
 
         def disputed(name: str) -> bool:
             return bool(cluster.status(name).get("role_status", {}).get("disputes"))
@@ -167,7 +187,7 @@ def test_wrong_model_gets_no_proof_and_its_aggregator_is_slashed(tmp_path: Path)
         aggregator = str(cluster.nodes["aggregator"].home.identity_key().peer_id)
         for n in names:
             st = cluster.status(n)["role_status"]
-            assert st["checks"][0]["reason"].startswith("wrong aggregate"), st["checks"]
+            assert st["checks"][0]["reason"].startswith(reason), st["checks"]
             assert st["disputes"][0]["accused"] == aggregator
             assert [v["approve"] for v in st["votes"]] == [False]
         # one on-chain dispute, judged by k equal verdicts: the aggregator loses its stake
@@ -187,10 +207,18 @@ def test_wrong_model_gets_no_proof_and_its_aggregator_is_slashed(tmp_path: Path)
         assert all(
             v[0]["upheld"] and v[0]["slash"] == 10**15 and v[0]["resolved"] for v in verdicts()
         ), verdicts()
+        if colluder:
+            st = cluster.status("validator-0")["role_status"]
+            assert [v["approve"] for v in st["votes"]] == [True] and st["proofs"] == []
+            assert [v["upheld"] for v in st.get("verdicts", [])] in ([], [False])
         resolutions = [
             r for n in names for r in cluster.status(n)["role_status"].get("resolutions", [])
         ]
         assert len(resolutions) == 1 and resolutions[0]["upheld"], resolutions
+        listed = cluster.client.disputes(subnet)
+        assert [(d.status.name, d.slashed, d.offender.lower()) for d in listed] == [
+            ("UPHELD", 10**15, offender.lower())
+        ], listed
         challengers = [n for n in names if cluster.client.claimable(subnet, cluster.address_of(n))]
         assert len(challengers) == 1  # one bond, one challenger credited with the slashed stake
         assert cluster.client.claimable(subnet, cluster.address_of(challengers[0])) == 10**15

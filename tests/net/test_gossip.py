@@ -248,3 +248,36 @@ async def test_a_burst_above_libp2p_defaults_is_delivered_in_full() -> None:
         got = [(await receive(bsub)).data for _ in range(40)]
         assert sorted(got) == sorted(b"alpha|burst-%d" % i for i in range(40))
         assert b.stats.dropped_full == 0
+
+
+async def test_a_flooder_is_gated_and_pruned_while_honest_peers_are_heard() -> None:
+    # star around the victim: flooder - victim - honest (the only paths between them)
+    async with gossip_nodes(3, edges=[(0, 1), (0, 2)]) as (victim, flooder, honest):
+        vsub, _, hsub = await subscribe_all([victim, flooder, honest])
+        fid = flooder.host.peer_id
+        await eventually(lambda: fid in victim.mesh_peers(TOPIC))
+        bad = flooder.host.identity
+        seq = time.time_ns()
+        flood = [signed_raw(bad, str(TOPIC), b"beta|spam-%d" % i, seq + i) for i in range(8)]
+        send_raw(flooder, victim.host, *flood)
+        await eventually(lambda: victim.peer_score(fid) < CFG.publish_threshold)
+        assert victim.stats.rejected >= 6
+        # a VALID message from the flooder is now dropped unread: not validated, not
+        # delivered, not forwarded to the honest peer
+        good = signed_raw(bad, str(TOPIC), b"alpha|from-flooder", seq + 100)
+        send_raw(flooder, victim.host, good)
+        await eventually(lambda: victim.stats.score_gated >= 1)
+        accepted = victim.stats.accepted
+        # the next message both subscribers see is the victim's marker, not the flooder's
+        await victim.publish(TOPIC, b"alpha|marker")
+        assert (await receive(vsub)).data == b"alpha|marker"
+        assert (await receive(hsub)).data == b"alpha|marker"
+        assert victim.stats.accepted == accepted
+        # the flooder leaves the victim's mesh at a heartbeat (negative score) ...
+        await eventually(lambda: fid not in victim.mesh_peers(TOPIC))
+        assert victim.stats.pruned_for_score >= 1
+        # ... while the honest peer stays in it and is still heard
+        assert honest.host.peer_id in victim.mesh_peers(TOPIC)
+        await honest.publish(TOPIC, b"alpha|honest")
+        assert (await receive(vsub)).data == b"alpha|honest"
+        assert victim.peer_score(honest.host.peer_id) >= 0.0

@@ -59,7 +59,8 @@ async def test_two_hosts_connect_fast_over_noise_and_yamux() -> None:
         await eventually(lambda: a.is_connected(b.peer_id))
         conn = b.raw.get_network().connections[a.raw.get_id()][0]
         muxed = conn.muxed_conn
-        assert type(muxed).__name__ == "Yamux"
+        assert type(muxed).__name__ == "SoraYamux"  # sorap2p.net.muxer
+        assert muxed.negotiated_muxer_protocol == "/yamux/1.0.0"
         secured = muxed.secured_conn
         assert secured.negotiated_security_protocol == "/noise"
         # pitfall 2: without max_connections_per_peer=1 every dial waits 250 ms

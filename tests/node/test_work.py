@@ -148,3 +148,58 @@ def test_open_update_rejects_wrong_shape(tmp_path: Path) -> None:
     cid = encrypt_update(store, nan, {CAST.aggregator.peer_id: CAST.aggregator.x25519_public}, b"q")
     with pytest.raises(RemoteProtocolError, match="NaN"):
         work.open_update(store, CAST.aggregator, cid, ctx, torch.empty(ctx.spec.size))
+
+
+def test_inclusion_problems_injected_and_silently_dropped_updates(tmp_path: Path) -> None:
+    from sorap2p.testing.factories import announce
+
+    ro = round_open(CAST.aggregator, 1, CAST.recipients(), opened_at=0, duration=60_000)
+    anns = sorted((announce(t, ro) for t in CAST.trainers), key=lambda a: a.update)
+    seen = [(a, 5_000) for a in anns]  # received long before the deadline
+    gm = m.GlobalModel(
+        subnet=ro.subnet,
+        round=ro.round,
+        model=anns[0].update,
+        parent=ro.global_model,
+        strategy="fedavg",
+        updates=tuple(a.update for a in anns),
+        num_samples=300,
+        metadata=anns[0].update,
+        created_at=61_000,
+        signer=CAST.aggregator.peer_id,
+    )
+    assert work.inclusion_problem(ro, gm, {}, seen) is None
+    dropped = dataclasses.replace(gm, updates=gm.updates[1:])
+    assert work.inclusion_problem(ro, dropped, {}, seen) == "1 announced updates silently dropped"
+    # refused openly (listed with a reason in the metadata): not a silent drop
+    assert work.inclusion_problem(ro, dropped, {anns[0].update: "refused"}, seen) is None
+    # heard by us only just before the deadline: the aggregator may have missed it
+    late = [(a, 55_000 if a is anns[0] else 5_000) for a in anns]
+    assert work.inclusion_problem(ro, dropped, {}, late) is None
+    # an accepted update nobody announced (injected by the aggregator)
+    store = Blockstore(tmp_path / "blocks")
+    ctx = work.model_context("digits_cnn")
+    forged, row = work.forge_update(store, CAST.aggregator, ro, ctx, 10_000)
+    assert row.shape == (ctx.spec.size,)
+    # the forged update is a real encrypted update the validators can open...
+    out = torch.empty(ctx.spec.size)
+    work.open_update(store, CAST.validators[0], forged.update, ctx, out)
+    assert torch.equal(out, row)
+    injected = dataclasses.replace(gm, updates=tuple(sorted([*gm.updates, forged.update])))
+    assert (
+        work.inclusion_problem(ro, injected, {}, seen) == "1 accepted updates were never announced"
+    )
+
+
+def test_refused_updates_reader() -> None:
+    from sorap2p.core.cid import Cid
+
+    c = Cid.hash(b"x")
+    assert work.refused_updates({"rejected": [{"update": c, "reason": "refused"}]}) == {
+        c: "refused"
+    }
+    assert work.refused_updates({}) == {}
+    with pytest.raises(RemoteProtocolError):
+        work.refused_updates({"rejected": [{"reason": "no update"}]})
+    with pytest.raises(RemoteProtocolError):
+        work.refused_updates({"rejected": 5})

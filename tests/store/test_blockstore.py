@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import base64
 import hashlib
 import multiprocessing
@@ -10,6 +11,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from sorap2p.store import (
     iter_dag,
     verify_store,
 )
+from sorap2p.store.blockstore import MAX_BLOCK_SIZE
 
 
 def test_layout_is_kubo_flatfs(tmp_path: Path) -> None:
@@ -223,3 +227,160 @@ def test_sigkill_mid_write_leaves_a_clean_store(tmp_path: Path) -> None:
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "0 corrupt, 0 missing" in cli.stdout
     assert store.clean_temp(0, now=lambda: 1e12) == 1
+
+
+# -- the fast paths: helper-thread hashing, put_many, put_hashed ------------------------
+@pytest.mark.parametrize("helpers", [0, 1, 2])
+def test_put_many_matches_put_in_order(tmp_path: Path, helpers: int) -> None:
+    store = Blockstore(tmp_path / "a", helper_threads=helpers)
+    # large (helper-hashed) and small (inline) blocks interleaved, one repeated
+    blobs = [os.urandom(n) for n in (300_000, 10, 70_000, 0, 1 << 20)] + [b"x" * 200_000] * 2
+    cids = store.put_many(iter(blobs))
+    assert cids == [Cid.hash(b, RAW) for b in blobs]
+    assert all(store.get(c) == b for c, b in zip(cids, blobs, strict=True))
+    assert store.put_many(blobs, DAG_CBOR, ahead=0) == [Cid.hash(b, DAG_CBOR) for b in blobs]
+    assert store.put_many([]) == []
+    other = Blockstore(tmp_path / "b", helper_threads=helpers)
+    assert [other.put(b) for b in blobs] == cids
+    assert sorted(store.iter_cids()) == sorted(other.iter_cids())
+    assert store.stats().temp_files == 0
+    store.close()
+    store.close()  # idempotent; the store stays usable and restarts its helpers
+    assert store.put(blobs[0]) == cids[0]
+    with Blockstore(tmp_path / "c") as third:
+        assert third.put_many(blobs) == cids
+
+
+def test_put_many_stops_at_the_first_error(tmp_path: Path) -> None:
+    store = Blockstore(tmp_path)
+    good = [os.urandom(100_000) for _ in range(3)]
+
+    def blocks() -> Iterator[bytes]:
+        yield from good
+        raise RuntimeError("producer failed")
+
+    with pytest.raises(RuntimeError, match="producer failed"):
+        store.put_many(blocks())
+    # the blocks hashed ahead but not written yet are dropped; nothing partial is left
+    assert {c for c in store.iter_cids()} <= {Cid.hash(b) for b in good}
+    assert store.stats().temp_files == 0
+    with pytest.raises(SoraError):
+        store.put_many([b"ok", bytes(MAX_BLOCK_SIZE + 1)])
+    with pytest.raises(SoraError):
+        store.put_many([b"ok"], codec=0x1234)
+    assert verify_store(store).ok
+
+
+def test_large_put_block_verifies_while_writing(tmp_path: Path) -> None:
+    store = Blockstore(tmp_path)
+    blob = os.urandom(200_000)
+    cid = Cid.hash(blob)
+    with pytest.raises(IntegrityError):
+        store.put_block(cid, blob[:-1] + b"?")
+    assert not store.has(cid) and store.stats().temp_files == 0
+    store.put_block(cid, blob)
+    store.put_block(cid, memoryview(blob))  # already there: checked, not rewritten
+    with pytest.raises(IntegrityError):
+        store.put_block(cid, blob[::-1])
+    assert store.get(cid) == blob
+    with pytest.raises(SoraError):
+        store.put_block(Cid.hash(bytes(MAX_BLOCK_SIZE + 1)), bytes(MAX_BLOCK_SIZE + 1))
+
+
+def test_put_hashed_and_typed_buffers(tmp_path: Path) -> None:
+    store = Blockstore(tmp_path)
+    floats = array.array("f", range(50_000))  # a non-byte buffer: 200 kB
+    cid = store.put(memoryview(floats))
+    assert cid == Cid.hash(floats.tobytes()) and store.get(cid) == floats.tobytes()
+    blob = os.urandom(5000)
+    store.put_hashed(Cid.hash(blob, DAG_CBOR), blob)
+    assert store.get(Cid.hash(blob, RAW)) == blob
+    # a wrong CID given to put_hashed is caught by the next read, never returned
+    wrong = Cid.hash(b"something else")
+    store.put_hashed(wrong, blob)
+    with pytest.raises(CorruptBlock):
+        store.get(wrong)
+
+
+def test_oversized_file_is_corrupt_not_loaded(tmp_path: Path) -> None:
+    store = Blockstore(tmp_path)
+    cid = store.put(b"small")
+    with open(store.path_of(cid), "r+b") as f:
+        f.truncate(MAX_BLOCK_SIZE + 1)  # sparse: cheap
+    with pytest.raises(CorruptBlock, match="exceeds"):
+        store.get(cid)
+    assert not store.has(cid)
+
+
+def test_threads_putting_the_same_blocks(tmp_path: Path) -> None:
+    store = Blockstore(tmp_path)
+    blobs = [hashlib.sha256(bytes([i])).digest() * 4096 for i in range(8)]  # 128 KiB each
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: store.put_many(blobs[i % 2 :: 1]), range(8)))
+    assert all(r == [Cid.hash(b) for b in blobs[i % 2 :]] for i, r in enumerate(results))
+    report = verify_store(store)
+    assert report.ok and report.checked == 8 and report.temp_files == 0
+
+
+def _put_in_child(store: Blockstore, blob: bytes) -> None:
+    assert store.put(blob) == Cid.hash(blob)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_helpers_restart_in_a_forked_child(tmp_path: Path) -> None:
+    store = Blockstore(tmp_path)
+    store.put(os.urandom(100_000))  # the parent's helper thread is running now
+    blob = os.urandom(100_000)
+    child = multiprocessing.get_context("fork").Process(target=_put_in_child, args=(store, blob))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert store.get(Cid.hash(blob)) == blob
+
+
+@pytest.mark.parametrize("size", [100, 300_000])
+def test_putting_a_present_block_keeps_the_file_and_touches_it(tmp_path: Path, size: int) -> None:
+    store = Blockstore(tmp_path)
+    blob = os.urandom(size)
+    cid = store.put(blob)
+    path = store.path_of(cid)
+    os.utime(path, (1, 1))
+    before = path.stat().st_ino
+    for again in (store.put, lambda b: store.put_many([b])):
+        again(blob)
+        assert path.stat().st_ino == before and path.stat().st_mtime > 1
+        os.utime(path, (1, 1))
+    assert store.stats().temp_files == 0
+
+
+@pytest.mark.parametrize("helpers", [0, 1])
+def test_get_many_yields_verified_blocks_in_order(tmp_path: Path, helpers: int) -> None:
+    store = Blockstore(tmp_path, helper_threads=helpers)
+    blobs = [os.urandom(n) for n in (200_000, 5, 100_000, 1 << 20)]
+    cids = store.put_many(blobs)
+    ident = Cid(b"\x01\x55\x00\x03abc")  # an identity CID: its digest is the block
+    assert list(store.get_many([*cids, ident, cids[0]], ahead=1)) == [*blobs, b"abc", blobs[0]]
+    assert list(store.get_many([])) == []
+
+    # a corrupt and a missing block raise when their turn comes, after the good ones
+    store.path_of(cids[2]).write_bytes(b"\0" * 100_000)
+    got = []
+    with pytest.raises(CorruptBlock) as exc:
+        for data in store.get_many(cids):
+            got.append(data)
+    assert got == blobs[:2] and exc.value.cid == cids[2] and not store.has(cids[2])
+    got.clear()
+    with pytest.raises(BlockNotFound):
+        for data in store.get_many([cids[0], cids[2]]):
+            got.append(data)
+    assert got == blobs[:1]
+    oversized = store.put(b"will grow")
+    with open(store.path_of(oversized), "r+b") as f:
+        f.truncate(MAX_BLOCK_SIZE + 1)
+    with pytest.raises(CorruptBlock, match="exceeds"):
+        list(store.get_many([oversized]))
+    # a consumer that stops early leaves no helper work behind
+    gen = store.get_many([cids[0], cids[3], cids[0]])
+    assert next(gen) == blobs[0]
+    gen.close()
+    store.close()

@@ -41,7 +41,13 @@ from sorap2p.node.driver import Driver
 from sorap2p.node.home import write_atomic
 from sorap2p.node.logs import bind
 from sorap2p.node.proofs import ProofBackend
-from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set, watch_for_proof
+from sorap2p.node.roles.common import (
+    Tasks,
+    pump,
+    refetching,
+    wait_for_validator_set,
+    watch_for_proof,
+)
 from sorap2p.node.services import Services
 
 _log = logging.getLogger(__name__)
@@ -133,12 +139,18 @@ async def run_aggregator(
         tasks = Tasks(nursery)
 
         async def fetch(announce: m.UpdateAnnounce) -> None:
-            try:
+            row = torch.empty(ctx.spec.size, dtype=torch.float32)
+
+            async def get() -> None:
                 await services.fetch_dag(announce.update, [announce.signer])
-                row = torch.empty(ctx.spec.size, dtype=torch.float32)
+
+            async def open_it() -> None:
                 await trio.to_thread.run_sync(
                     work.open_update, services.blocks, services.identity, announce.update, ctx, row
                 )
+
+            try:
+                await refetching(get, open_it, f"update {announce.update}", log)
             except (SoraError, OSError) as exc:
                 log.warning("update %s of %s refused: %s", announce.update, announce.signer, exc)
                 await driver.feed(UpdateChecked(announce.update, False, str(exc)[:200]))
@@ -146,13 +158,31 @@ async def run_aggregator(
             rows[announce.update] = row
             await driver.feed(UpdateChecked(announce.update, True))
 
+        async def byzantine_choice(
+            ro: m.RoundOpen, updates: list[m.UpdateAnnounce]
+        ) -> tuple[list[m.UpdateAnnounce], dict[Cid, torch.Tensor]]:
+            """The updates to aggregate: all of them, unless this aggregator is Byzantine
+            (tests and demos): drop_update silently leaves out the first one; fake_update
+            injects one of its own that no trainer announced."""
+            picked = dict(rows)
+            if cfg.node.behaviour == "drop_update" and len(updates) > 1:
+                return updates[1:], picked
+            if cfg.node.behaviour == "fake_update":
+                forged, row = await trio.to_thread.run_sync(
+                    work.forge_update, services.blocks, services.identity, ro, ctx, services.now()
+                )
+                picked[forged.update] = row
+                return sorted([*updates, forged], key=lambda a: a.update), picked
+            return updates, picked
+
         async def aggregate(action: Aggregate) -> None:
             ro = action.round_open
             try:
                 missing = [a for a in action.updates if a.update not in rows]
                 for a in missing:  # after a restart: open them again
                     await fetch(a)
-                stacked = torch.stack([rows[a.update] for a in action.updates])
+                updates, picked = await byzantine_choice(ro, list(action.updates))
+                stacked = torch.stack([picked[a.update] for a in updates])
                 global_vec = await trio.to_thread.run_sync(
                     work.load_vector, services.blocks, ro.global_model, ctx
                 )
@@ -161,7 +191,7 @@ async def run_aggregator(
                     work.aggregate_round,
                     services.blocks,
                     ro,
-                    action.updates,
+                    updates,
                     stacked,
                     global_vec,
                     ctx,
@@ -177,14 +207,19 @@ async def run_aggregator(
                     work.store_vector, services.blocks, bad, ctx, ro.round.number
                 )
                 res = dataclasses.replace(res, model=bad_cid, vector=bad)
+            elif cfg.node.behaviour == "fake_rankings":  # the worst trainer ranked first
+                fake = tuple(
+                    dataclasses.replace(e, rank=i + 1) for i, e in enumerate(reversed(res.ranking))
+                )
+                res = dataclasses.replace(res, ranking=fake)
             gm = m.GlobalModel(
                 subnet=ro.subnet,
                 round=ro.round,
                 model=res.model,
                 parent=ro.global_model,
                 strategy=ro.strategy,
-                updates=tuple(a.update for a in action.updates),
-                num_samples=sum(a.num_samples for a in action.updates),
+                updates=tuple(a.update for a in updates),
+                num_samples=sum(a.num_samples for a in updates),
                 metadata=res.metadata,
                 created_at=services.now(),
                 signer=services.identity.peer_id,
@@ -197,9 +232,7 @@ async def run_aggregator(
                 signer=services.identity.peer_id,
             )
             services.extras["last_result"] = res
-            log.info(
-                "round %s: aggregated %d updates into %s", ro.round, len(action.updates), res.model
-            )
+            log.info("round %s: aggregated %d updates into %s", ro.round, len(updates), res.model)
             await driver.feed(Aggregated(gm, rk))
 
         async def perform(action: Any) -> None:

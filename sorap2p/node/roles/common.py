@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 import trio
 
@@ -16,8 +16,36 @@ from sorap2p.core.topics import TopicKind
 from sorap2p.node.driver import Driver
 from sorap2p.node.proofs import ProofBackend
 from sorap2p.node.services import Services
+from sorap2p.store.errors import CorruptBlock
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# refetches of a DAG whose stored blocks turn out corrupt (a read finds one bad block)
+CORRUPT_RETRIES: Final = 8
+
+
+async def refetching(
+    fetch: Callable[[], Awaitable[None]],
+    use: Callable[[], Awaitable[T]],
+    what: str,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = _log,
+) -> T:
+    """``fetch()`` a DAG then ``use()`` it; when a read finds a corrupt stored block (the
+    blockstore moves the bad file aside), fetch again from peers and retry, at most
+    `CORRUPT_RETRIES` times."""
+    for attempt in range(CORRUPT_RETRIES + 1):
+        try:
+            await fetch()
+            return await use()
+        except CorruptBlock as exc:
+            if attempt == CORRUPT_RETRIES:
+                raise
+            log.warning(
+                "%s: %s (moved to %s); fetching it again from peers", what, exc, exc.quarantined
+            )
+    raise AssertionError("unreachable")
 
 
 async def pump(

@@ -28,10 +28,28 @@ from sorap2p.learn.train import DataLike, TrainConfig
 from sorap2p.node import work
 from sorap2p.node.driver import Driver
 from sorap2p.node.logs import bind
-from sorap2p.node.roles.common import Tasks, pump
+from sorap2p.node.roles.common import Tasks, pump, refetching
 from sorap2p.node.services import Services
+from sorap2p.store.errors import StoreFullError
 
 _log = logging.getLogger(__name__)
+
+
+def store_full(exc: BaseException) -> StoreFullError | None:
+    """The `StoreFullError` behind ``exc``: itself, a cause, or one of a group's (parallel
+    fetches raise exception groups)."""
+    todo, seen = [exc], set()
+    while todo:
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, StoreFullError):
+            return cur
+        if isinstance(cur, BaseExceptionGroup):
+            todo.extend(cur.exceptions)
+        todo.extend(e for e in (cur.__cause__, cur.__context__) if e is not None)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +72,8 @@ def load_private_data(services: Services) -> PrivateData:
             cfg.learn.dirichlet_alpha,
             cfg.learn.seed,
         )
+    if cfg.node.behaviour == "label_flip":  # Byzantine trainer (tests, demos)
+        train = work.flip_labels(train, splits.num_classes)
     salt = hashlib.sha256(services.identity.seed + b"/device-salt").digest()
     device = hashlib.sha256(salt + services.identity.peer_id.raw).digest()
     return PrivateData(train, device)
@@ -80,22 +100,24 @@ async def run_trainer(services: Services, *, data: PrivateData | None = None) ->
     async with trio.open_nursery() as nursery:
         tasks = Tasks(nursery)
 
-        async def train(ro: m.RoundOpen) -> None:
-            started = services.now()
-            try:
+        async def fetch_and_train(ro: m.RoundOpen) -> work.TrainedUpdate:
+            tc = TrainConfig(
+                epochs=ro.training.epochs,
+                batch_size=ro.training.batch_size,
+                lr=ro.training.lr,
+                prox_mu=ro.training.prox_mu,
+                momentum=ro.training.momentum,
+                num_threads=cfg.num_threads,
+            )
+            transform = work.adversarial_transform(
+                services.config.node.behaviour, cfg.seed + ro.round.number
+            )
+
+            async def fetch() -> None:
                 await services.fetch_dag(ro.global_model, [ro.signer])
-                tc = TrainConfig(
-                    epochs=ro.training.epochs,
-                    batch_size=ro.training.batch_size,
-                    lr=ro.training.lr,
-                    prox_mu=ro.training.prox_mu,
-                    momentum=ro.training.momentum,
-                    num_threads=cfg.num_threads,
-                )
-                transform = work.adversarial_transform(
-                    services.config.node.behaviour, cfg.seed + ro.round.number
-                )
-                up = await trio.to_thread.run_sync(
+
+            async def use() -> work.TrainedUpdate:
+                up: work.TrainedUpdate = await trio.to_thread.run_sync(
                     work.train_update,
                     services.blocks,
                     services.identity,
@@ -105,7 +127,25 @@ async def run_trainer(services: Services, *, data: PrivateData | None = None) ->
                     cfg.seed + ro.round.number,
                     transform,
                 )
+                return up
+
+            return await refetching(fetch, use, f"round {ro.round}", log)
+
+        async def train(ro: m.RoundOpen) -> None:
+            started = services.now()
+            try:
+                up = await fetch_and_train(ro)
             except Exception as exc:
+                full = store_full(exc)
+                if full is not None:
+                    log.error(  # noqa: TRY400 - one clear line; the cause is known
+                        "round %s: skipped, the block store is full (%s); "
+                        "free space and the next round runs again",
+                        ro.round,
+                        full,
+                    )
+                    await driver.feed(WorkFailed(f"block store full: {full}"[:200]))
+                    return
                 log.warning("round %s: training failed: %s", ro.round, exc)
                 await driver.feed(WorkFailed(str(exc)[:200]))
                 return

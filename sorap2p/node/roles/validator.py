@@ -37,7 +37,13 @@ from sorap2p.node import work
 from sorap2p.node.driver import Driver
 from sorap2p.node.logs import bind
 from sorap2p.node.proofs import ChainProofs, ProofBackend, digest_of, sign
-from sorap2p.node.roles.common import Tasks, pump, wait_for_validator_set, watch_for_proof
+from sorap2p.node.roles.common import (
+    Tasks,
+    pump,
+    refetching,
+    wait_for_validator_set,
+    watch_for_proof,
+)
 from sorap2p.node.roles.disputes import run_disputes
 from sorap2p.node.services import Services
 
@@ -97,25 +103,34 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
             ro, gm, rk = action.round_open, action.model, action.rankings
             try:
                 ctx = work.model_context(ro.model, cfg.learn.seed)
+                await services.fetch_dag(gm.metadata, [gm.signer])
+                refused = work.refused_updates(work.read_metadata(services.blocks, gm.metadata))
+                seen = [(a.message, a.received_at) for a in action.announces]
+                problem = work.inclusion_problem(ro, gm, refused, seen)
+                if problem is not None:
+                    await refuse(ro, problem, gm.signer)
+                    return
                 by_cid = {a.message.update: a for a in action.announces}
-                missing = [c for c in gm.updates if c not in by_cid]
-                if missing:
-                    raise ValueError(f"{len(missing)} accepted updates were never announced")
                 updates = [by_cid[c].message for c in gm.updates]
                 await services.fetch_dag(ro.global_model, [ro.signer])
                 await services.fetch_dag(gm.model, [gm.signer])
-                await services.fetch_dag(gm.metadata, [gm.signer])
                 rows = torch.empty(len(updates), ctx.spec.size, dtype=torch.float32)
                 for i, a in enumerate(updates):
-                    await services.fetch_dag(a.update, [a.signer, gm.signer])
-                    await trio.to_thread.run_sync(
-                        work.open_update,
-                        services.blocks,
-                        services.identity,
-                        a.update,
-                        ctx,
-                        rows[i],
-                    )
+
+                    async def get(a: m.UpdateAnnounce = a) -> None:
+                        await services.fetch_dag(a.update, [a.signer, gm.signer])
+
+                    async def open_it(a: m.UpdateAnnounce = a, i: int = i) -> None:
+                        await trio.to_thread.run_sync(
+                            work.open_update,
+                            services.blocks,
+                            services.identity,
+                            a.update,
+                            ctx,
+                            rows[i],
+                        )
+
+                    await refetching(get, open_it, f"update {a.update}", log)
                 recheck = await trio.to_thread.run_sync(
                     work.recheck_round, services.blocks, ro, gm, rk, updates, rows, ctx, held_out
                 )
@@ -125,6 +140,8 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
                 return
             late = [a for a in updates if a.timestamp > ro.deadline + 30_000]
             ok, reason = recheck.ok, recheck.reason
+            if cfg.node.behaviour == "approve_all":  # a colluding validator (tests, demos)
+                ok, reason, late = True, "", []
             if ok and late:
                 ok, reason = False, f"{len(late)} updates outside the round window"
             assert recheck.result is not None
@@ -160,6 +177,16 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
             await driver.feed(
                 CheckDone(ok, digest_of(proofs, record), reason, None if ok else gm.signer)
             )
+
+        async def refuse(ro: m.RoundOpen, reason: str, accused: PeerId) -> None:
+            """Refuse a round before any recomputation (its update set is wrong)."""
+            entry = {"round": ro.round.number, "ok": False, "reason": reason, "accuracy": None}
+            status["last_check"] = entry
+            status["checks"].append(entry)
+            if book is not None:
+                book.round_checked(ro.round, False, accused, reason, services.now())
+            log.info("round %s: reject: %s", ro.round, reason)
+            await driver.feed(CheckDone(False, bytes(32), reason, accused))
 
         async def check(action: CheckRound) -> None:
             try:
