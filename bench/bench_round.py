@@ -45,7 +45,7 @@ from sorap2p.learn.data import load_dataset, trainer_shard  # noqa: E402
 from sorap2p.learn.train import TrainConfig, local_train  # noqa: E402
 from sorap2p.node import work  # noqa: E402
 from sorap2p.node.services import TRACE_FILE, read_trace  # noqa: E402
-from testnet.cluster import Cluster, ClusterSpec  # noqa: E402
+from testnet.cluster import Cluster, ClusterSpec, wait_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -66,15 +66,6 @@ def training_alone(args: argparse.Namespace) -> list[float]:
         local_train(ctx.fresh(), ctx.spec, vec, shard, tc, gen)
         out.append((time.perf_counter() - started) * 1000)
     return out
-
-
-def wait_for(cond: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def run_network(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:

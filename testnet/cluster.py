@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +28,17 @@ from sorap2p.chain.proof import ChainKey
 from sorap2p.core.config import load_config
 from sorap2p.core.ids import SubnetId
 from sorap2p.node.home import Home
+
+
+def wait_for(cond: Callable[[], object], limit_s: float, what: str) -> None:
+    """Poll ``cond`` every half second until it is true; TimeoutError after ``limit_s``.
+    (Multi-process tests wait on what the nodes write, never for a fixed time.)"""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out waiting for {what}")
 
 
 @dataclass(frozen=True)
@@ -208,6 +221,17 @@ class Cluster:
     def chain_up(self) -> None:
         """Start anvil again on the same port (from its saved state with ``chain_state``)."""
         self.chain.start()
+
+    def wait_log(self, name: str, pattern: str, limit_s: float) -> None:
+        """Wait until node ``name``'s log has a line matching ``pattern`` (the nodes' own
+        record of reaching a phase; status files lag by up to a second)."""
+        log = self.nodes[name].home.path / "node.log"
+        regex = re.compile(pattern)
+        wait_for(
+            lambda: log.exists() and regex.search(log.read_text(errors="replace")) is not None,
+            limit_s,
+            f"{name} to log {pattern!r}",
+        )
 
     def alive(self, name: str) -> bool:
         proc = self.nodes[name].proc

@@ -217,22 +217,27 @@ class GossipRules:
             return Verdict.reject("not signed by the aggregator that opened the round")
         return None
 
+    def _validator_signature(self, msg: Any, what: str, digest: bytes | None) -> Verdict | None:
+        """A staked validator, its registered chain address, and (when ``digest`` is given)
+        an EIP-712 signature by that address over ``digest``."""
+        view = self._view()
+        if not view.has_role(msg.signer, Role.VALIDATOR):
+            return Verdict.reject(f"{what} signer is not a staked validator")
+        if view.validator_addresses and view.validator_addresses.get(msg.eth_address) != msg.signer:
+            return Verdict.reject(f"{what} address is not this validator's registered address")
+        if digest is None or self._recover is None:
+            return None
+        if self._recover(digest, msg.eth_signature) != msg.eth_address:
+            return Verdict.reject(f"EIP-712 signature does not recover the {what}'s address")
+        return None
+
     def validation_vote(self, origin: PeerId, data: bytes) -> Verdict:
         msg, bad = self._common(origin, data, m.ValidationVote)
         if bad:
             return bad
-        view = self._view()
-        if not view.has_role(msg.signer, Role.VALIDATOR):
-            return Verdict.reject("vote signer is not a staked validator")
-        if view.validator_addresses and view.validator_addresses.get(msg.eth_address) != msg.signer:
-            return Verdict.reject("vote address is not this validator's registered address")
-        recovered = (
-            self._recover(msg.record_digest, msg.eth_signature)
-            if msg.approve and self._recover is not None
-            else msg.eth_address
-        )
-        if recovered != msg.eth_address:
-            return Verdict.reject("EIP-712 signature does not recover the vote's address")
+        digest = msg.record_digest if msg.approve else None  # a refusal carries no signature
+        if bad := self._validator_signature(msg, "vote", digest):
+            return bad
         if self.latest_round is not None and msg.round.number < self.latest_round.number - 2:
             return Verdict.ignore("stale vote")
         return self._once(("vote", msg.round, msg.signer)) or Verdict.accept()
@@ -258,14 +263,7 @@ class GossipRules:
         msg, bad = self._common(origin, data, m.VerdictVote)
         if bad:
             return bad
-        view = self._view()
-        if not view.has_role(msg.signer, Role.VALIDATOR):
-            return Verdict.reject("verdict signer is not a staked validator")
-        if view.validator_addresses and view.validator_addresses.get(msg.eth_address) != msg.signer:
-            return Verdict.reject("verdict address is not this validator's registered address")
-        if self._recover is not None and (
-            self._recover(msg.verdict_digest, msg.eth_signature) != msg.eth_address
-        ):
-            return Verdict.reject("EIP-712 signature does not recover the verdict's address")
+        if bad := self._validator_signature(msg, "verdict", msg.verdict_digest):
+            return bad
         # one verdict per validator and dispute (a validator does not change its mind)
         return self._once(("verdict", msg.dispute_id, msg.signer)) or Verdict.accept()

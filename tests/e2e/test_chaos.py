@@ -5,7 +5,6 @@ block."""
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
@@ -28,19 +27,6 @@ pytestmark = [
 ]
 
 
-def wait_log(cluster: Cluster, name: str, pattern: str, limit_s: float) -> None:
-    """Wait until node ``name``'s log has a line matching ``pattern`` (the logs are the
-    nodes' own record of reaching a phase; status files lag by up to a second)."""
-    log = cluster.nodes[name].home.path / "node.log"
-    regex = re.compile(pattern)
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if log.exists() and regex.search(log.read_text(errors="replace")):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {name} to log {pattern!r}")
-
-
 def test_each_role_killed_mid_round_and_restarted(tmp_path: Path) -> None:
     spec = ClusterSpec(
         root=tmp_path / "net",
@@ -60,7 +46,7 @@ def test_each_role_killed_mid_round_and_restarted(tmp_path: Path) -> None:
     with Cluster(spec) as cluster:
         cluster.start_all()
         for watched, phase, victim in steps:
-            wait_log(cluster, watched, phase, 600)
+            cluster.wait_log(watched, phase, 600)
             cluster.kill(victim, signal.SIGKILL)
             cluster.start_node(victim)
         wait_for_exit = time.monotonic() + 900

@@ -30,20 +30,11 @@ from sorap2p.core.validation import Validation, Verdict
 from sorap2p.node import work
 from sorap2p.store.blockstore import Blockstore
 from sorap2p.testing.factories import SUBNET, Cast, announce, round_open
-from testnet.cluster import Cluster, ClusterSpec
+from testnet.cluster import Cluster, ClusterSpec, wait_for
 
 needs_anvil = pytest.mark.skipif(
     find_anvil() is None, reason="anvil missing: scripts/setup.sh installs it"
 )
-
-
-def wait_for(cond: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def role_status(cluster: Cluster, name: str) -> dict[str, Any]:

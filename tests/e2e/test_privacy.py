@@ -7,7 +7,6 @@ encrypted at rest: they hold no plaintext, and only the round's recipients open 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from sorap2p.store.blockstore import Blockstore
 from sorap2p.store.encrypted import decrypt_update
 from sorap2p.testing.canary import files_under, find_canaries, loader_ref, marker
 from sorap2p.testing.factories import key
-from testnet.cluster import Cluster, ClusterSpec
+from testnet.cluster import Cluster, ClusterSpec, wait_for
 
 pytestmark = [
     pytest.mark.net,
@@ -35,15 +34,6 @@ pytestmark = [
 ]
 
 TRAINERS = 3
-
-
-def wait_for(cond: object, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def chain_bytes(cluster: Cluster) -> list[tuple[str, bytes]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from sorap2p.chain.devchain import find_anvil
 from sorap2p.core.ids import RoundId, SubnetId
 from sorap2p.node.audit import audit_round
 from sorap2p.store.blockstore import Blockstore
-from testnet.cluster import Cluster, ClusterSpec
+from testnet.cluster import Cluster, ClusterSpec, wait_for
 
 pytestmark = [
     pytest.mark.net,
@@ -24,15 +23,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(find_anvil() is None, reason="anvil missing: scripts/setup.sh installs it"),
 ]
-
-
-def wait_for(cond: object, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_rounds_are_proven_despite_killed_validator_and_trainer(tmp_path: Path) -> None:

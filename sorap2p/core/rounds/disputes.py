@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sorap2p.core.ids import PeerId, RoundId
+from sorap2p.core.rounds.fsm import rotation_position
 
 MAX_EARLY_DISPUTES: Final = 64
 
@@ -44,10 +45,7 @@ class DisputeParams:
 
     def position(self, turn: int) -> int:
         """Our distance from the primary of rotation ``turn`` (n when we are not in the set)."""
-        order = self.sorted_validators
-        if self.me not in order:
-            return len(order)
-        return (order.index(self.me) - turn) % len(order)
+        return rotation_position(self.sorted_validators, self.me, turn)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sorap2p.core.errors import LocalProtocolError
+from sorap2p.core.ids import PeerId
 
 S = TypeVar("S", bound=enum.Enum)
 
@@ -90,3 +91,12 @@ class Machine(Generic[S]):
             "handled": dict(self._handled),
             "ignored": dict(self._ignored),
         }
+
+
+def rotation_position(order: tuple[PeerId, ...], me: PeerId, turn: int) -> int:
+    """Our distance from the primary of rotation ``turn`` among ``order`` (sorted peer ids):
+    the peer at index ``turn mod n`` acts first, the one at distance p after p delays. A peer
+    outside the set is at distance n (after everyone)."""
+    if me not in order:
+        return len(order)
+    return (order.index(me) - turn) % len(order)

@@ -32,7 +32,7 @@ from sorap2p.core.rounds.events import (
     VoteSeen,
     WorkFailed,
 )
-from sorap2p.core.rounds.fsm import Machine, Rule, Table
+from sorap2p.core.rounds.fsm import Machine, Rule, Table, rotation_position
 
 
 class ValState(enum.Enum):
@@ -60,11 +60,7 @@ class ValidatorParams:
 
     def position(self, round: RoundId) -> int:
         """Our distance from the round's primary submitter in the rotation."""
-        order = self.sorted_validators
-        if self.me not in order:
-            return len(order)
-        mine = order.index(self.me)
-        return (mine - round.number) % len(order)
+        return rotation_position(self.sorted_validators, self.me, round.number)
 
 
 MODEL = "model"
