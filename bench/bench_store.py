@@ -32,7 +32,8 @@ What each line measures (MB = MiB of payload per second of wall time):
 * ``cpu_*``: process CPU seconds (all threads) over sha256's CPU seconds: the work done
   (> 1: the helper thread does not make the work smaller, it runs it alongside).
 * ``encode``: encode_state_dict into a fresh store (workers=1: pipelined as put_many),
-  ``encode_1thread`` with workers=0, ``encode_present`` when every chunk is already stored;
+  ``encode_1thread`` with workers=0 into a Blockstore(helper_threads=0): one thread;
+  ``encode_present`` when every chunk is already stored;
   ``decode_full``: read_flat (read + verify every chunk into one buffer);
   ``decode_zero_copy_ms``: manifest + buffer -> tensor views, small and large model.
 * ``aead_*``: ChunkCipher encrypt / decrypt_into a preallocated buffer (one thread),
@@ -212,7 +213,7 @@ def main() -> None:
             r.run("get_many", lambda: deque(store.get_many(cids), maxlen=0))
             r.run("get_into", lambda: [store.get_into(c, one) for c in cids])
             on_fresh_store("encode", lambda s: encode_state_dict(s, sd))
-            on_fresh_store("encode_1thread", lambda s: encode_state_dict(s, sd, workers=0))
+            on_fresh_store("encode_1thread", lambda s: encode_state_dict(s, sd, workers=0), 0)
             r.run("encode_present", lambda: encode_state_dict(present, sd))
             r.run("decode_full", lambda: read_flat(mstore, load_manifest(mstore, mroot)))
             r.run(

@@ -13,8 +13,16 @@ writes it, so a CID's codec is not part of the key: ``iter_cids`` yields CIDv1 `
 
 Writes go to a temporary file that is renamed over the final name (optionally fsynced first),
 so a reader never sees a partial block and two processes writing the same block both succeed.
-Every read is checked against the CID; a file that does not match is moved to ``quarantine/``
-and `CorruptBlock` is raised: corrupt bytes are never returned.
+A write that finds the file system full raises `StoreFullError` after removing its
+temporary file, so the block is either complete or absent. Every read is checked against
+the CID; a file that does not match (or is larger than any block) is moved to
+``quarantine/`` and `CorruptBlock` is raised: corrupt bytes are never returned.
+
+Speed: hashing is the one unavoidable pass over a block's bytes. Large blocks are hashed in
+a helper thread while the file I/O runs in the caller's (hashlib and ``os.write``/``read``
+release the GIL), with no copy of the caller's buffer: `put`/`put_block` overlap within a
+block, `put_many`/`get_many` pipeline across blocks; `put_hashed` stores a block whose CID
+the caller has just computed, without hashing it again.
 """
 
 from __future__ import annotations
@@ -45,8 +53,12 @@ README: Final = (
 TEMP_DIR: Final = ".temp"
 _TEMP_PREFIX: Final = "put-"
 MAX_BLOCK_SIZE: Final = 8 << 20
-OVERLAP_MIN: Final = 64 << 10
-"""Blocks this large or larger are hashed and written at the same time (two threads)."""
+OVERLAP_MIN: Final = 256 << 10
+"""`put`/`put_block` hash and write blocks this large or larger at the same time (two
+threads); below it, waking the helper costs more than the overlap saves."""
+PIPELINE_MIN: Final = 64 << 10
+"""`put_many`/`get_many` hash blocks this large or larger in the helper threads (which stay
+busy from one block to the next, so smaller blocks gain too)."""
 FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """`OSError` numbers that mean the file system (or the quota) is full: `StoreFullError`."""
 
@@ -367,7 +379,7 @@ class Blockstore:
         try:
             for data in blocks:
                 size = _check_put(data, codec)
-                if pool is None or size < OVERLAP_MIN:
+                if pool is None or size < PIPELINE_MIN:
                     pending.append((data, size, Cid.hash(data, codec)))
                 else:
                     pending.append((data, size, pool.submit(Cid.hash, data, codec)))
@@ -449,7 +461,7 @@ class Blockstore:
             data, size = self._read(cid, path)
         except BlockNotFound as exc:
             return cid, path, exc, 0, False
-        if pool is None or not OVERLAP_MIN <= size <= MAX_BLOCK_SIZE:
+        if pool is None or not PIPELINE_MIN <= size <= MAX_BLOCK_SIZE:
             return cid, path, data, size, size <= MAX_BLOCK_SIZE and cid.verify(data)
         return cid, path, data, size, pool.submit(cid.verify, data)
 

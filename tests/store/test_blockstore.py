@@ -234,7 +234,7 @@ def test_sigkill_mid_write_leaves_a_clean_store(tmp_path: Path) -> None:
 def test_put_many_matches_put_in_order(tmp_path: Path, helpers: int) -> None:
     store = Blockstore(tmp_path / "a", helper_threads=helpers)
     # large (helper-hashed) and small (inline) blocks interleaved, one repeated
-    blobs = [os.urandom(n) for n in (300_000, 10, 70_000, 0, 1 << 20)] + [b"x" * 200_000] * 2
+    blobs = [os.urandom(n) for n in (300_000, 10, 70_000, 0, 1 << 20)] + [b"x" * 300_000] * 2
     cids = store.put_many(iter(blobs))
     assert cids == [Cid.hash(b, RAW) for b in blobs]
     assert all(store.get(c) == b for c, b in zip(cids, blobs, strict=True))
@@ -253,7 +253,7 @@ def test_put_many_matches_put_in_order(tmp_path: Path, helpers: int) -> None:
 
 def test_put_many_stops_at_the_first_error(tmp_path: Path) -> None:
     store = Blockstore(tmp_path)
-    good = [os.urandom(100_000) for _ in range(3)]
+    good = [os.urandom(300_000) for _ in range(3)]
 
     def blocks() -> Iterator[bytes]:
         yield from good
@@ -273,7 +273,7 @@ def test_put_many_stops_at_the_first_error(tmp_path: Path) -> None:
 
 def test_large_put_block_verifies_while_writing(tmp_path: Path) -> None:
     store = Blockstore(tmp_path)
-    blob = os.urandom(200_000)
+    blob = os.urandom(300_000)
     cid = Cid.hash(blob)
     with pytest.raises(IntegrityError):
         store.put_block(cid, blob[:-1] + b"?")
@@ -289,7 +289,7 @@ def test_large_put_block_verifies_while_writing(tmp_path: Path) -> None:
 
 def test_put_hashed_and_typed_buffers(tmp_path: Path) -> None:
     store = Blockstore(tmp_path)
-    floats = array.array("f", range(50_000))  # a non-byte buffer: 200 kB
+    floats = array.array("f", range(100_000))  # a non-byte buffer: 400 kB
     cid = store.put(memoryview(floats))
     assert cid == Cid.hash(floats.tobytes()) and store.get(cid) == floats.tobytes()
     blob = os.urandom(5000)
@@ -314,9 +314,14 @@ def test_oversized_file_is_corrupt_not_loaded(tmp_path: Path) -> None:
 
 def test_threads_putting_the_same_blocks(tmp_path: Path) -> None:
     store = Blockstore(tmp_path)
-    blobs = [hashlib.sha256(bytes([i])).digest() * 4096 for i in range(8)]  # 128 KiB each
+    blobs = [hashlib.sha256(bytes([i])).digest() * 10_000 for i in range(8)]  # 320 kB each
+
+    def put_all(i: int) -> list[Cid]:  # half the threads batch, half put one by one
+        mine = blobs[i % 2 :]
+        return store.put_many(mine) if i % 4 < 2 else [store.put(b) for b in mine]
+
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda i: store.put_many(blobs[i % 2 :: 1]), range(8)))
+        results = list(pool.map(put_all, range(8)))
     assert all(r == [Cid.hash(b) for b in blobs[i % 2 :]] for i, r in enumerate(results))
     report = verify_store(store)
     assert report.ok and report.checked == 8 and report.temp_files == 0
@@ -329,8 +334,8 @@ def _put_in_child(store: Blockstore, blob: bytes) -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
 def test_helpers_restart_in_a_forked_child(tmp_path: Path) -> None:
     store = Blockstore(tmp_path)
-    store.put(os.urandom(100_000))  # the parent's helper thread is running now
-    blob = os.urandom(100_000)
+    store.put(os.urandom(300_000))  # the parent's helper thread is running now
+    blob = os.urandom(300_000)
     child = multiprocessing.get_context("fork").Process(target=_put_in_child, args=(store, blob))
     child.start()
     child.join(60)
@@ -356,7 +361,7 @@ def test_putting_a_present_block_keeps_the_file_and_touches_it(tmp_path: Path, s
 @pytest.mark.parametrize("helpers", [0, 1])
 def test_get_many_yields_verified_blocks_in_order(tmp_path: Path, helpers: int) -> None:
     store = Blockstore(tmp_path, helper_threads=helpers)
-    blobs = [os.urandom(n) for n in (200_000, 5, 100_000, 1 << 20)]
+    blobs = [os.urandom(n) for n in (300_000, 5, 100_000, 1 << 20)]
     cids = store.put_many(blobs)
     ident = Cid(b"\x01\x55\x00\x03abc")  # an identity CID: its digest is the block
     assert list(store.get_many([*cids, ident, cids[0]], ahead=1)) == [*blobs, b"abc", blobs[0]]

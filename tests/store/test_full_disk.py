@@ -1,5 +1,5 @@
 """A full file system: puts raise `StoreFullError`, leave nothing partial, and work again
-once space is freed. Runs on a real 1 MiB tmpfs (needs root to mount it; skipped otherwise)."""
+once space is freed. Runs on a real 4 MiB tmpfs (needs root to mount it; skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from sorap2p.store.encrypted import decrypt_update, encrypt_update
 from sorap2p.store.model import decode_state_dict, encode_state_dict
 from sorap2p.store.params import ParameterStore
 
-FS_BYTES = 1 << 20
+FS_BYTES = 4 << 20
 
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A fresh 1 MiB tmpfs mounted under ``tmp_path`` (unmounted afterwards)."""
+    """A fresh 4 MiB tmpfs mounted under ``tmp_path`` (unmounted afterwards)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mount, umount = shutil.which("mount"), shutil.which("umount")
@@ -69,19 +69,20 @@ def _put(store: Blockstore, how: str, blob: bytes) -> list[tuple[Cid, bytes]]:
     return [(cid, blob)]
 
 
-# 100 kB blocks are hashed by a helper thread while they are written; 20 kB ones and
-# helper_threads=0 take the sequential path
+# 300 kB blocks are hashed in one thread while written in another (put, put_block) or
+# hashed ahead by the helper (put_many); 20 kB ones and helper_threads=0 go sequentially
 @pytest.mark.parametrize(
     ("how", "block", "helpers"),
     [
-        ("put", 100_000, 1),
+        ("put", 300_000, 1),
         ("put", 20_000, 1),
-        ("put", 100_000, 0),
-        ("put_block", 100_000, 1),
+        ("put", 300_000, 0),
+        ("put_block", 300_000, 1),
         ("put_block", 20_000, 0),
-        ("put_hashed", 100_000, 1),
+        ("put_hashed", 300_000, 1),
+        ("put_many", 300_000, 1),
         ("put_many", 100_000, 1),
-        ("put_many", 100_000, 0),
+        ("put_many", 300_000, 0),
     ],
 )
 def test_full_disk_raises_typed_error_and_leaves_nothing(
@@ -147,7 +148,7 @@ def _flat_bytes(n: int) -> torch.Tensor:
 def test_model_and_encrypted_update_surface_store_full(tiny_fs: Path, helpers: int) -> None:
     home = tiny_fs / "home"
     store = Blockstore(home / "blockstore", helper_threads=helpers)
-    big = {"a.weight": _flat_bytes(600_000), "b.weight": _flat_bytes(600_000)}
+    big = {"a.weight": _flat_bytes(FS_BYTES // 2), "b.weight": _flat_bytes(FS_BYTES // 2)}
     with pytest.raises(StoreFullError) as exc:
         encode_state_dict(store, big, chunk_size=256 << 10)
     assert exc.value.cid is not None and not store.has(exc.value.cid)
@@ -155,7 +156,7 @@ def test_model_and_encrypted_update_surface_store_full(tiny_fs: Path, helpers: i
 
     me = IdentityKey.generate()
     with pytest.raises(StoreFullError):
-        encrypt_update(store, _flat_bytes(1_200_000), {me.peer_id: me.x25519_public}, b"u1")
+        encrypt_update(store, _flat_bytes(FS_BYTES + 4), {me.peer_id: me.x25519_public}, b"u1")
     assert _temp_leftovers(store.root) == [] and verify_store(store).ok
 
     # what a failed encode left is unpinned: delete it and small ones fit again
