@@ -25,8 +25,10 @@ import torch
 
 from sorap2p.learn.strategies import (
     FedAvg,
+    FLTrust,
     Krum,
     Median,
+    RobustFLTrust,
     RobustMultiKrum,
     StreamingMean,
     TrimmedMean,
@@ -142,6 +144,10 @@ def main() -> int:
     robust = RobustMultiKrum()
     t = best_of(lambda: robust.aggregate(batch), args.slow_repeat)
     record("robust multi-krum (Gram + mean)", t, "<= 10x read", 10)
+    with_ref = UpdateBatch.create(matrix, weights, batch.keys, matrix[0])  # server's delta
+    for strategy in (FLTrust(), RobustFLTrust(reference_weight=100.0)):
+        t = best_of(lambda s=strategy: s.aggregate(with_ref), args.slow_repeat)
+        record(f"{strategy.name} (norms, dots, mean)", t, "<= 5x read", 5)
 
     if not args.skip_sorting:
         t = best_of(lambda: Median().aggregate(batch), args.slow_repeat)

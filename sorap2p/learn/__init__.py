@@ -17,7 +17,8 @@ Models (`sorap2p.learn.models`)
 Data (`sorap2p.learn.data`)
     ``load_dataset(ref) -> DatasetSplits(train, test, num_classes)`` for "digits" |
     "mnist1d" (optional package) | "pkg.module:loader"; ``holdout_split(ds, fraction, gen)``;
-    ``dirichlet_partition(labels, n, alpha, gen)``; ``trainer_shard(ds, i, n, alpha, seed)``.
+    ``dirichlet_partition(labels, n, alpha, gen)``; ``trainer_shard(ds, i, n, alpha, seed)``;
+    ``root_split(ds, size, gen, balanced=False) -> (rest, root)`` (FLTrust's root dataset).
 Training (`sorap2p.learn.train`)
     ``TrainConfig(epochs, batch_size, lr, momentum, weight_decay, prox_mu, num_threads)``;
     ``local_train(model, spec, global_vec, data, cfg, gen) -> LocalResult(delta, num_samples,
@@ -26,8 +27,13 @@ Aggregation (`sorap2p.learn.strategies`)
     ``allocate_rows(n, d)`` (aligned rows to decrypt updates into, in key order);
     ``UpdateBatch.create(deltas (n, d) float32, weights, keys)``; strategies FedAvg,
     FedProx(mu), Median, TrimmedMean(beta), Krum(f), MultiKrum(f, m),
-    RobustMultiKrum(fraction, min_norm) ("robust_multi_krum": the robust default; also drops
-    free riders' empty updates), NormClipped(inner, max_norm);
+    RobustMultiKrum(fraction, min_norm) ("robust_multi_krum": the robust rule without a root
+    set; also drops free riders' empty updates), FLTrust(min_norm, median_norm) ("fltrust",
+    the paper's rule), RobustFLTrust(min_norm, margin, clip, reference_weight)
+    ("robust_fltrust": the robust rule with a root set), NormClipped(inner, max_norm);
+    ``needs_reference(strategy)``: FLTrust rules read ``batch.reference``, the server's delta
+    on the root dataset (``UpdateBatch.create(..., reference=)``); the node layer supplies it
+    (see `FLTrust`);
     ``make_strategy(name, params) -> Strategy`` with ``strategy.aggregate(batch) ->
     AggregateResult(delta, selected, scores)`` and ``strategy.params()``; ``StreamingMean``;
     ``apply_delta(global_vec, delta, server_lr)``. Determinism and precision: see the module.
@@ -40,6 +46,7 @@ Compression and privacy (`sorap2p.learn.compress`, `sorap2p.learn.privacy`)
     ``epsilon(q, noise_multiplier, steps, delta) -> (eps, order)``.
 Simulation (`sorap2p.learn.simulate`, `sorap2p.learn.attacks`)
     ``prepare(FederationConfig) -> Federation``, ``run_rounds(fed, strategy, rounds,
-    transform=)``, ``round_updates``, ``centralized_baseline``; Byzantine behaviours
+    transform=)``, ``round_updates``, ``root_update(fed, round)`` (``root_size > 0``),
+    ``centralized_baseline``; Byzantine behaviours
     SignFlip, Scaling, GaussianNoise, FreeRider.
 """

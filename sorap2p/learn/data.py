@@ -183,6 +183,44 @@ def holdout_split(
     return Subset(dataset, sorted(perm[n_hold:])), Subset(dataset, sorted(perm[:n_hold]))
 
 
+def root_split(
+    dataset: Dataset[Any], size: int, generator: torch.Generator, *, balanced: bool = False
+) -> tuple[Subset[Any], Subset[Any]]:
+    """``(rest, root)``: ``size`` samples drawn at random (seeded) as a root dataset.
+
+    The *root dataset* is FLTrust's small, clean, labelled set (the paper draws 100 samples
+    uniformly from the training data): the aggregator trains the round's global model on it
+    to get the reference delta that every update is compared with, and validators recompute
+    that delta from the same public samples. Cut it from the training split so that it is
+    disjoint from every trainer's shard (here: from the validators' held-out part); it must
+    not be test data. ``balanced=True`` takes ``size // num_classes`` samples of each class
+    (the first ones of a seeded permutation) instead of a uniform draw.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if not 0 < size < n:
+        raise ConfigError(f"root dataset size must be in (0, {n})")
+    perm = torch.randperm(n, generator=generator)
+    if balanced:
+        _, y = as_tensors(dataset)
+        classes = torch.unique(y).tolist()
+        per = size // len(classes)
+        labels = y[perm].tolist()
+        counts = dict.fromkeys(classes, 0)
+        picked: list[int] = []
+        for pos, label in enumerate(labels):
+            if counts[label] < per:
+                counts[label] += 1
+                picked.append(pos)
+        if len(picked) != per * len(classes):
+            raise ConfigError(f"not {per} samples of every class for a balanced root set")
+        chosen = set(picked)
+        root = [int(perm[p]) for p in picked]
+        rest = [int(perm[p]) for p in range(n) if p not in chosen]
+    else:
+        root, rest = perm[:size].tolist(), perm[size:].tolist()
+    return Subset(dataset, sorted(rest)), Subset(dataset, sorted(root))
+
+
 def trainer_shard(
     dataset: Dataset[Any],
     index: int,
@@ -216,5 +254,6 @@ __all__: Sequence[str] = (
     "load_dataset",
     "load_digits_splits",
     "load_mnist1d_splits",
+    "root_split",
     "trainer_shard",
 )

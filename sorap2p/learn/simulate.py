@@ -21,9 +21,16 @@ from sorap2p.learn.data import (
     dirichlet_partition,
     holdout_split,
     load_dataset,
+    root_split,
 )
 from sorap2p.learn.models import build_model
-from sorap2p.learn.strategies import AggregateResult, Strategy, UpdateBatch, apply_delta
+from sorap2p.learn.strategies import (
+    AggregateResult,
+    Strategy,
+    UpdateBatch,
+    apply_delta,
+    needs_reference,
+)
 from sorap2p.learn.train import EvalResult, TrainConfig, evaluate, local_train
 from sorap2p.learn.weights import ParamSpec
 
@@ -44,10 +51,17 @@ class FederationConfig:
     server_lr: float = 1.0
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    root_size: int = 0
+    """Samples of the server's root dataset (FLTrust), cut from the validators' held-out
+    part (so the trainers' shards do not change); 0: none."""
+    root_balanced: bool = False
+    """Draw the root dataset class-balanced (``root_size // classes`` per class)."""
 
     def validate(self) -> None:
         if self.num_trainers < 1 or self.rounds < 0 or self.alpha <= 0:
             raise ConfigError("num_trainers >= 1, rounds >= 0 and alpha > 0 are required")
+        if self.root_size < 0:
+            raise ConfigError("root_size must be >= 0")
         self.train.validate()
 
 
@@ -63,6 +77,7 @@ class Federation:
     model: torch.nn.Module
     spec: ParamSpec
     global_vector: torch.Tensor
+    root_data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def evaluate(
         self, vector: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -79,6 +94,13 @@ def prepare(config: FederationConfig, splits: DatasetSplits | None = None) -> Fe
     px, py = as_tensors(pool)
     parts = dirichlet_partition(py, config.num_trainers, config.alpha, g)
     shards = [(px[idx], py[idx]) for idx in parts]
+    root = None
+    if config.root_size:
+        # cut from the held-out part (training split, disjoint from every shard) with its own
+        # generator, so that the shards are the same as without a root dataset
+        rg = torch.Generator().manual_seed(config.seed * 1_000_003 + ROOT_STREAM)
+        held, root_set = root_split(held, config.root_size, rg, balanced=config.root_balanced)
+        root = as_tensors(root_set)
     model = build_model(config.model, seed=config.seed)
     spec = ParamSpec.from_module(model)
     return Federation(
@@ -90,7 +112,29 @@ def prepare(config: FederationConfig, splits: DatasetSplits | None = None) -> Fe
         model,
         spec,
         spec.read_from(model),
+        root,
     )
+
+
+ROOT_STREAM = 1 << 40
+"""Offset of the root dataset's seeds (the root draw and the server's training per round)."""
+
+
+def root_update(
+    fed: Federation, round_index: int, train: TrainConfig | None = None
+) -> torch.Tensor:
+    """The server's reference delta: local training on the root dataset from the global model.
+
+    Same settings as the trainers (``train`` or the config's), seeded by the round; what an
+    FLTrust aggregator computes and a validator recomputes.
+    """
+    if fed.root_data is None:
+        raise ConfigError("this federation has no root dataset (set root_size)")
+    g = torch.Generator().manual_seed(
+        fed.config.seed * 1_000_003 + round_index * 1009 + ROOT_STREAM
+    )
+    cfg = train or fed.config.train
+    return local_train(fed.model, fed.spec, fed.global_vector, fed.root_data, cfg, g).delta
 
 
 def round_updates(
@@ -98,8 +142,13 @@ def round_updates(
     round_index: int,
     transform: DeltaTransform | None = None,
     train: TrainConfig | None = None,
+    *,
+    reference: bool = False,
 ) -> UpdateBatch:
-    """Every trainer's (transformed) delta for this round, stacked; keys are trainer indices."""
+    """Every trainer's (transformed) delta for this round, stacked; keys are trainer indices.
+
+    ``reference=True`` also attaches the server's `root_update` (for FLTrust).
+    """
     cfg = train or fed.config.train
     n = len(fed.shards)
     deltas = torch.empty(n, fed.spec.size, dtype=torch.float32)
@@ -110,7 +159,9 @@ def round_updates(
         delta = result.delta if transform is None else transform(i, round_index, result.delta)
         deltas[i].copy_(delta)
         weights.append(float(result.num_samples))
-    return UpdateBatch.create(deltas, weights, [f"trainer-{i:04d}" for i in range(n)])
+    keys = [f"trainer-{i:04d}" for i in range(n)]
+    ref = root_update(fed, round_index, cfg) if reference else None
+    return UpdateBatch.create(deltas, weights, keys, ref)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +182,7 @@ def run_rounds(
     """Run rounds, moving ``fed.global_vector``; stop early when ``on_round`` returns True."""
     history: list[RoundRecord] = []
     for r in range(fed.config.rounds if rounds is None else rounds):
-        batch = round_updates(fed, r, transform)
+        batch = round_updates(fed, r, transform, reference=needs_reference(strategy))
         result = strategy.aggregate(batch)
         fed.global_vector = apply_delta(fed.global_vector, result.delta, fed.config.server_lr)
         record = RoundRecord(r, fed.evaluate(fed.global_vector), result)
@@ -188,6 +239,7 @@ __all__ = [
     "attack_transform",
     "centralized_baseline",
     "prepare",
+    "root_update",
     "round_updates",
     "run_rounds",
 ]

@@ -25,25 +25,24 @@ from sorap2p.learn.simulate import (
     round_updates,
     run_rounds,
 )
-from sorap2p.learn.strategies import (
-    AggregateResult,
-    FedAvg,
-    RobustMultiKrum,
-    UpdateBatch,
-    weighted_sum,
-)
+from sorap2p.learn.strategies import FedAvg, RobustFLTrust
 from sorap2p.learn.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 
 TRAIN = TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9)
-# robust setting: RobustMultiKrum on the aggregator, FedProx (mu = 0.1) on the trainers; the
-# proximal term limits client drift, which keeps honest non-IID deltas close enough to each
-# other for distance-based selection to tell them from sign-flipped ones
-ROBUST_TRAIN = TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9, prox_mu=0.1)
 CONFIG = FederationConfig(num_trainers=10, alpha=0.5, rounds=20, train=TRAIN, seed=0)
 BYZANTINE = (1, 4, 7)
 SHORT = 12  # rounds for the damage and compression comparisons
+# The robust setting: RobustFLTrust on the aggregator, which trains the round's global model
+# on a root dataset of 100 samples (drawn from the validators' held-out part of the training
+# split, so disjoint from every shard and the shards are those of CONFIG; never test data)
+# and joins that delta as a row of weight 100; trainers train as in CONFIG.
+ROOT = 100
+ROBUST_CONFIG = FederationConfig(
+    num_trainers=10, alpha=0.5, rounds=20, train=TRAIN, seed=0, root_size=ROOT
+)
+ROBUST = RobustFLTrust(reference_weight=float(ROOT))
 
 
 def _accs(history: list[RoundRecord]) -> list[float]:
@@ -59,33 +58,10 @@ def clean_fedavg() -> list[RoundRecord]:
     return run_rounds(prepare(CONFIG), FedAvg(), 20)
 
 
-ROBUST = RobustMultiKrum()  # fraction 0.3: f = 3 of 10
-
-
-class HonestOnly:
-    """The reference a perfect filter would reach: FedAvg over the honest trainers only."""
-
-    name = "honest_only"
-
-    def aggregate(self, batch: UpdateBatch) -> AggregateResult:
-        byzantine = {f"trainer-{i:04d}".encode() for i in BYZANTINE}
-        rows = [r for r in batch.order if batch.keys[r] not in byzantine]
-        total = sum(batch.weights[r] for r in rows)
-        coeffs = [batch.weights[r] / total for r in rows]
-        return AggregateResult(weighted_sum(batch.deltas, rows, coeffs), tuple(rows))
-
-    def params(self) -> dict[str, object]:
-        return {}
-
-
 @pytest.fixture(scope="module")
 def clean_robust() -> list[RoundRecord]:
-    return run_rounds(prepare(FederationConfig(train=ROBUST_TRAIN)), ROBUST, 20)
-
-
-@pytest.fixture(scope="module")
-def honest_only() -> list[RoundRecord]:
-    return run_rounds(prepare(FederationConfig(train=ROBUST_TRAIN)), HonestOnly(), 20)
+    """The "clean run" of the robust strategy: the same strategy, no Byzantine trainer."""
+    return run_rounds(prepare(ROBUST_CONFIG), ROBUST, 20)
 
 
 def test_digits_cnn_non_iid_reaches_95_percent(clean_fedavg: list[RoundRecord]) -> None:
@@ -110,28 +86,18 @@ ATTACKS: dict[str, Attack] = {
     "gaussian_noise": GaussianNoise(0.5),
     "free_rider": FreeRider(),
 }
-# Allowed drop (mean of the last 3 rounds) of the robust strategy under attack vs its own
-# clean run (digits has 359 test images: 1 image = 0.28 points). Most of the drop is
-# inherent: the Byzantine trainers send nothing usable, and shards 1, 4 and 7 hold 27% of the
-# samples and 85% of all 8s, so FedAvg over exactly the 7 honest trainers (`HonestOnly`, what
-# a perfect filter reaches) ends 1.6 points below the robust clean run and 3.0 below clean
-# FedAvg. Scaling, noise and free riders are filtered exactly (the robust run equals
-# HonestOnly). Sign-flipped deltas of non-IID trainers are picked in some rounds (honest
-# deltas are near-orthogonal early on and differ mostly in norm): 0.7 points more, 2.3 in
-# all, so sign flip gets 3 (issue F5 asks for 2; see the F5 report). Measured and rejected
-# on this setting (sign flip, last-3 mean; clean robust run 0.95-0.96): cosine to the
-# median of all / of the others 0.85-0.86, sum of cosines to the others 0.83, Krum on unit
-# vectors 0.85, geometric median 0.86, centered clipping around the median 0.80, Bulyan-like
-# Multi-Krum + trimmed mean 0.85, median-norm clipping after Multi-Krum 0.88, a spectral
-# split of the cosine matrix 0.91-0.95 (its best threshold lost elsewhere: other seeds and
-# Byzantine sets), cosine to the previous aggregate (stateful) 0.09: it locked on the
-# flipped rows.
-ROBUST_TOLERANCE = {
-    "sign_flip": 0.03,
-    "scaling_x10": 0.02,
-    "gaussian_noise": 0.02,
-    "free_rider": 0.02,
-}
+# Allowed drop (mean test accuracy of the last 3 of 20 rounds) of the robust strategy under
+# attack vs its own clean run (`clean_robust`: same strategy and root set, no Byzantine
+# trainer): 2 points for every attack (issue F5). digits has 359 test images: 1 image = 0.28
+# points, 0.09 in a last-3 mean. Measured here (seed 0): clean 0.9610; sign flip 0.9526,
+# x10 scaling 0.9656, noise 0.9415, free riders 0.9434. The noise and free-rider margins are
+# thin and mostly inherent: those rows are dropped exactly, so both runs are the honest-only
+# run (the 7 honest trainers + the root row), and shards 1, 4 and 7 hold 27% of the samples
+# and 85% of all 8s. Small numeric changes (another rounding of the row norms, another clip
+# bound) moved the free-rider drop between 1.8 and 2.3 points: if another CPU or torch build
+# lands above 2.0 here, it is that inherent gap, not a filtering error (check the printed
+# "Byzantine rows kept 0 times"). Other seeds and Byzantine sets: see the F5 report.
+ROBUST_TOLERANCE = 0.02
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
@@ -139,32 +105,32 @@ def test_byzantine_damage_fedavg_but_not_robust_strategy(
     attack: str,
     clean_fedavg: list[RoundRecord],
     clean_robust: list[RoundRecord],
-    honest_only: list[RoundRecord],
 ) -> None:
     transform = attack_transform({i: ATTACKS[attack].apply for i in BYZANTINE})
     damaged = run_rounds(prepare(CONFIG), FedAvg(), SHORT, transform=transform)
-    robust = run_rounds(
-        prepare(FederationConfig(train=ROBUST_TRAIN)), ROBUST, 20, transform=transform
-    )
+    robust = run_rounds(prepare(ROBUST_CONFIG), ROBUST, 20, transform=transform)
     clean_short = clean_fedavg[SHORT - 1].test.accuracy
+    picked = sum(i in r.result.selected for r in robust for i in BYZANTINE)
     print(
         f"\n{attack}: FedAvg {damaged[-1].test.accuracy:.4f} vs clean {clean_short:.4f} "
         f"at round {SHORT}; {ROBUST.name} last-3 mean {_tail(robust):.4f} vs its clean "
-        f"{_tail(clean_robust):.4f}, honest-only {_tail(honest_only):.4f}, clean FedAvg "
-        f"{_tail(clean_fedavg):.4f}; robust curve {_accs(robust)}"
+        f"{_tail(clean_robust):.4f} (clean FedAvg {_tail(clean_fedavg):.4f}); Byzantine rows "
+        f"kept {picked} times in 20 rounds; robust curve {_accs(robust)}"
     )
+    # plain FedAvg is measurably damaged
     if attack == "free_rider":
         # zero deltas only dilute a FedAvg step: it is slowed (measured -7.5 points), not wrecked
         assert damaged[-1].test.accuracy < clean_short - 0.05
     else:
         assert damaged[-1].test.accuracy < clean_short - 0.10
-    assert _tail(robust) >= _tail(clean_robust) - ROBUST_TOLERANCE[attack]
-    if attack != "sign_flip":
-        assert _tail(robust) >= _tail(honest_only) - 0.005
-    # Byzantine rows enter few robust aggregates (a blind choice of 7 of 10 would pick 42)
-    picked = sum(i in r.result.selected for r in robust for i in BYZANTINE)
-    print(f"Byzantine rows selected {picked} times in 20 rounds")
-    assert picked <= (20 if attack == "sign_flip" else 3)
+    assert _tail(robust) >= _tail(clean_robust) - ROBUST_TOLERANCE
+    if attack == "scaling_x10":
+        # boosted honest directions are kept, clipped to an ordinary step
+        assert picked > 0
+    else:
+        # flipped rows are kept only when the honest delta pointed away from the root delta
+        # (measured 2 of 60); noise and free riders never
+        assert picked <= (6 if attack == "sign_flip" else 0)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from sorap2p.learn.data import (
     dirichlet_partition,
     holdout_split,
     load_dataset,
+    root_split,
     trainer_shard,
 )
 from sorap2p.learn.models import build_model
@@ -99,3 +100,36 @@ def test_trainer_shard_and_holdout() -> None:
     assert trainer_shard(rest, 2, 5, 0.5, seed=9).indices == shards[2].indices
     with pytest.raises(ConfigError):
         trainer_shard(rest, 5, 5, 0.5, seed=9)
+
+
+def test_root_split_is_seeded_disjoint_and_optionally_balanced() -> None:
+    ds = load_dataset("digits").train
+    rest, root = root_split(ds, 100, torch.Generator().manual_seed(1))
+    _, root2 = root_split(ds, 100, torch.Generator().manual_seed(1))
+    assert list(root.indices) == list(root2.indices) and len(root) == 100
+    assert set(rest.indices).isdisjoint(root.indices)
+    assert len(rest) + len(root) == len(ds)  # type: ignore[arg-type]
+    _, bal = root_split(ds, 100, torch.Generator().manual_seed(1), balanced=True)
+    assert torch.bincount(as_tensors(bal)[1], minlength=10).tolist() == [10] * 10
+    with pytest.raises(ConfigError):
+        root_split(ds, 0, torch.Generator())
+
+
+def test_federation_root_set_leaves_shards_unchanged_and_root_update_is_seeded() -> None:
+    from sorap2p.learn.simulate import FederationConfig, prepare, root_update
+
+    plain = prepare(FederationConfig(num_trainers=4))
+    fed = prepare(FederationConfig(num_trainers=4, root_size=50))
+    assert plain.root_data is None and fed.root_data is not None
+    for (xa, ya), (xb, yb) in zip(plain.shards, fed.shards, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the root set is carved from the validators' held-out part: disjoint from every shard
+    assert len(fed.root_data[1]) == 50
+    assert len(fed.validator_data[1]) + 50 == len(plain.validator_data[1])
+    held = {tuple(x.flatten().tolist()) for x in plain.validator_data[0]}
+    assert all(tuple(x.flatten().tolist()) in held for x in fed.root_data[0])
+    a, b = root_update(fed, 3), root_update(fed, 3)
+    assert torch.equal(a, b) and a.shape == (fed.spec.size,) and float(a.norm()) > 0
+    assert not torch.equal(a, root_update(fed, 4))
+    with pytest.raises(ConfigError):
+        root_update(plain, 0)

@@ -15,20 +15,24 @@ from sorap2p.learn.strategies import (
     SUM_BLOCK,
     FedAvg,
     FedProx,
+    FLTrust,
     Krum,
     Median,
     MultiKrum,
     NormClipped,
+    RobustFLTrust,
     RobustMultiKrum,
+    Strategy,
     StreamingMean,
     TrimmedMean,
     UpdateBatch,
     allocate_rows,
     apply_delta,
     make_strategy,
+    needs_reference,
 )
 
-ALL = [
+ALL: list[Strategy] = [
     FedAvg(),
     FedAvg(weighted=False),
     FedProx(0.1),
@@ -42,6 +46,11 @@ ALL = [
     make_strategy("fedavg", {"clip_norm": 0.5}),
     make_strategy("median", {"clip_median": 1.0}),
     make_strategy("multi_krum", {"f": 1, "clip_median": 1.0}),
+    FLTrust(),
+    FLTrust(0.1, median_norm=True),
+    RobustFLTrust(),
+    RobustFLTrust(margin=0.0, clip=2.0, reference_weight=50.0, weighted=False),
+    make_strategy("fltrust", {"clip_median": 1.0}),
 ]
 
 
@@ -61,15 +70,17 @@ def test_order_independent_and_inputs_untouched(n: int, d: int, seed: int, data:
     x = torch.randn(n, d, generator=g) * torch.rand(n, 1, generator=g) * 3
     w = [float(v) for v in torch.randint(1, 100, (n,), generator=g)]
     keys = [Cid.hash(f"update {seed} {i}".encode()) for i in range(n)]
+    # the server's delta (FLTrust): near some rows, so that trust varies; others ignore it
+    ref = x[0] * 0.5 + torch.randn(d, generator=g)
     perm = data.draw(st.permutations(range(n)))
-    x_copy = x.clone()
-    a = _batch(x, w, keys)
-    b = _batch(x[perm].contiguous(), [w[i] for i in perm], [keys[i] for i in perm])
+    x_copy, ref_copy = x.clone(), ref.clone()
+    a = UpdateBatch.create(x, w, keys, ref)
+    b = UpdateBatch.create(x[perm].contiguous(), [w[i] for i in perm], [keys[i] for i in perm], ref)
     for strategy in ALL:
         ra, rb = strategy.aggregate(a), strategy.aggregate(b)
         assert torch.equal(ra.delta, rb.delta), strategy
         assert sorted(a.keys[i] for i in ra.selected) == sorted(b.keys[i] for i in rb.selected)
-        assert torch.equal(x, x_copy)  # never modified
+        assert torch.equal(x, x_copy) and torch.equal(ref, ref_copy)  # never modified
 
 
 def test_in_place_and_gathered_paths_agree_bitwise_across_blocks() -> None:
@@ -208,6 +219,99 @@ def test_robust_multi_krum_drops_empty_rows_and_outliers() -> None:
     assert z.selected == () and torch.equal(z.delta, torch.zeros(5))
 
 
+def _fltrust_reference(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """FLTrust by its definition, in float64."""
+    xd, rd = x.double(), ref.double()
+    norms = xd.norm(dim=1)
+    trust = ((xd @ rd) / (norms * rd.norm())).clamp_min(0)
+    trust = torch.where(norms > 0, trust, torch.zeros_like(trust))
+    rescaled = xd * (rd.norm() / norms.clamp_min(1e-300))[:, None]
+    out: torch.Tensor = (trust[:, None] * rescaled).sum(0) / trust.sum()
+    return out
+
+
+def test_fltrust_weights_by_direction_and_rescales_to_the_reference() -> None:
+    g = torch.Generator().manual_seed(6)
+    ref = torch.randn(300, generator=g)
+    honest = ref * 0.4 + torch.randn(6, 300, generator=g)  # positive cosine, various norms
+    keys = [f"k{i}" for i in range(10)]
+    rows = torch.cat([honest, -honest[:2], honest[2:3] * 10, torch.zeros(1, 300)])
+    batch = UpdateBatch.create(rows, [float(10 + i) for i in range(10)], keys, ref)
+    r = FLTrust().aggregate(batch)
+    # flipped and zero rows get no trust; the boosted one is rescaled like any other
+    assert set(r.selected) == set(range(6)) | {8}
+    assert r.scores[6] == r.scores[7] == r.scores[9] == 0.0
+    assert r.scores[8] == pytest.approx(r.scores[2], abs=1e-6)
+    torch.testing.assert_close(r.delta, _fltrust_reference(rows, ref).float())
+    boosted = rows[8] * (ref.norm() / rows[8].norm())
+    assert float(r.delta.norm()) <= float(boosted.norm()) * (1 + 1e-5)
+    # median_norm: rescale to the median row norm instead of the reference's
+    m = FLTrust(median_norm=True).aggregate(batch)
+    ratio = float(rows.double().norm(dim=1).quantile(0.5) / ref.double().norm())
+    torch.testing.assert_close(m.delta, r.delta * ratio)
+    # nothing trusted: zero delta; no reference: a local error
+    away = UpdateBatch.create(-honest, [1.0] * 6, keys[:6], ref)
+    z = FLTrust().aggregate(away)
+    assert z.selected == () and torch.equal(z.delta, torch.zeros(300))
+    with pytest.raises(LocalProtocolError):
+        FLTrust().aggregate(UpdateBatch.create(rows, [1.0] * 10, keys))
+    with pytest.raises(LocalProtocolError):
+        UpdateBatch.create(rows, [1.0] * 10, keys, ref[:5])
+    assert batch.without(0).reference is ref
+
+
+def test_robust_fltrust_keeps_rows_toward_the_reference_and_clips_them() -> None:
+    g = torch.Generator().manual_seed(7)
+    d = 400
+    ref = torch.randn(d, generator=g)
+    honest = ref * 0.3 + torch.randn(7, d, generator=g)  # cos ~ 0.3, various directions
+    keys = [f"k{i}" for i in range(10)]
+    w = [float(10 + i) for i in range(10)]
+    noise = torch.randn(1, d, generator=g) * 50  # |cos| ~ 1/sqrt(d): below the margin
+    rows = torch.cat([honest, -honest[:1], honest[1:2] * 10, noise])
+    batch = UpdateBatch.create(rows, w, keys, ref)
+    s = RobustFLTrust()
+    r = s.aggregate(batch)
+    assert set(r.selected) == set(range(7)) | {8}  # flipped (7) and noise (9) dropped
+    assert r.scores[7] == pytest.approx(-r.scores[0]) and abs(r.scores[9]) < 4 / d**0.5
+    # the definition in float64: clip kept rows to the median non-empty norm, weighted mean
+    norms = rows.double().norm(dim=1)
+    bound = float(norms.quantile(0.5))
+    kept = [*range(7), 8]
+    total = sum(w[i] for i in kept)
+    ref64 = sum(w[i] * min(1.0, bound / float(norms[i])) * rows[i].double() for i in kept)
+    torch.testing.assert_close(r.delta, (ref64 / total).float())
+    # the boosted copy of row 1 is clipped to the bound: it weighs like an ordinary row
+    assert float(rows[8].norm()) > 5 * bound
+    # the root row: weight 100, clipped the same way
+    rr = RobustFLTrust(reference_weight=100.0).aggregate(batch)
+    expect = (ref64 + 100.0 * min(1.0, bound / float(ref.norm())) * ref.double()) / (total + 100)
+    torch.testing.assert_close(rr.delta, expect.float())
+    # free riders are empty rows (and do not lower the clip bound)
+    riders = torch.cat([honest, torch.zeros(3, d)])
+    f = RobustFLTrust().aggregate(UpdateBatch.create(riders, w, keys, ref))
+    assert f.selected == tuple(range(7)) and f.scores[9] == 0.0
+    # nothing kept: zero delta, or only the root row
+    away = UpdateBatch.create(-honest, w[:7], keys[:7], ref)
+    assert torch.equal(RobustFLTrust().aggregate(away).delta, torch.zeros(d))
+    only_root = RobustFLTrust(reference_weight=5.0).aggregate(away)
+    assert only_root.selected == ()
+    torch.testing.assert_close(
+        only_root.delta,
+        ref * min(1.0, float(honest.norm(dim=1).median()) / float(ref.norm())),
+        rtol=1e-3,
+        atol=1e-3,
+    )
+    with pytest.raises(LocalProtocolError):
+        s.aggregate(UpdateBatch.create(rows, w, keys))
+
+
+def test_needs_reference() -> None:
+    assert needs_reference(FLTrust()) and needs_reference(RobustFLTrust())
+    assert needs_reference(make_strategy("fltrust", {"clip_norm": 1.0}))
+    assert not needs_reference(FedAvg()) and not needs_reference(RobustMultiKrum())
+
+
 def test_norm_clipping() -> None:
     x = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
     b = _batch(x, [1.0, 1.0, 1.0], [b"a", b"b", b"c"])
@@ -234,7 +338,18 @@ def test_registry_and_params() -> None:
         "min_norm": 0.0,
         "weighted": True,
     }
+    assert make_strategy("fltrust") == FLTrust()
+    assert make_strategy("fltrust", {"min_norm": 0.1}).params() == {
+        "min_norm": 0.1,
+        "median_norm": False,
+    }
+    assert make_strategy("robust_fltrust", {"reference_weight": 100}) == RobustFLTrust(
+        reference_weight=100.0
+    )
     for name, params in [
+        ("fltrust", {"min_norm": 1.0}),
+        ("robust_fltrust", {"clip": 0.0}),
+        ("robust_fltrust", {"margin": -1.0}),
         ("nope", {}),
         ("fedavg", {"bogus": 1}),
         ("krum", {"f": 1.5}),
