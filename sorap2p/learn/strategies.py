@@ -717,14 +717,24 @@ STRATEGIES: Final[Mapping[str, type[Any]]] = {
 }
 
 
-def _same_kind(default: object, value: object) -> bool:
+_BAD: Final = object()
+
+
+def _coerce(default: object, value: object) -> object:
+    """``value`` as the type of the parameter's ``default``, or `_BAD`. Parameters travel as
+    floats on the wire (RoundOpen.strategy_params): an integral float is an int, and 0.0 /
+    1.0 a bool."""
+    if isinstance(value, bool):
+        return value if isinstance(default, bool) else _BAD
+    if not isinstance(value, int | float):
+        return _BAD
     if isinstance(default, bool):
-        return isinstance(value, bool)
+        return bool(value) if value in (0, 1) else _BAD
     if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
+        return int(value) if float(value).is_integer() else _BAD
     if isinstance(default, float):
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return False
+        return float(value)
+    return _BAD
 
 
 def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
@@ -747,10 +757,10 @@ def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strateg
     for key, value in kwargs.items():
         if key not in defaults:
             raise ConfigError(f"strategy {name!r} has no parameter {key!r}")
-        if not _same_kind(defaults[key], value):
+        coerced = _coerce(defaults[key], value)
+        if coerced is _BAD:
             raise ConfigError(f"strategy {name!r}: bad value {value!r} for {key!r}")
-        if isinstance(defaults[key], float):
-            kwargs[key] = float(value)
+        kwargs[key] = coerced
     strategy: Strategy = cls(**kwargs)
     if clip is not None:
         if not isinstance(clip, int | float) or isinstance(clip, bool):

@@ -354,7 +354,8 @@ def test_registry_and_params() -> None:
         ("fedavg", {"bogus": 1}),
         ("krum", {"f": 1.5}),
         ("krum", {"f": "1"}),
-        ("fedavg", {"weighted": 1}),
+        ("fedavg", {"weighted": 2}),
+        ("fedavg", {"weighted": "yes"}),
         ("trimmed_mean", {"beta": 0.5}),
         ("fedprox", {"mu": -1.0}),
         ("robust_multi_krum", {"fraction": 0.5}),
@@ -365,6 +366,17 @@ def test_registry_and_params() -> None:
     ]:
         with pytest.raises(ConfigError):
             make_strategy(name, params)
+
+
+def test_wire_params_are_floats() -> None:
+    """RoundOpen carries strategy params as floats: integral floats fill int parameters and
+    0.0 / 1.0 fill bool ones."""
+    krum = make_strategy("krum", {"f": 3.0})
+    assert krum.f == 3 and isinstance(krum.f, int)
+    fedavg = make_strategy("fedavg", {"weighted": 0.0})
+    assert fedavg.weighted is False
+    with pytest.raises(ConfigError):
+        make_strategy("krum", {"f": 3.5})
 
 
 def test_update_batch_validation() -> None:
