@@ -189,19 +189,29 @@ class Cluster:
         )
         log.close()
         if wait_addr:
-            assert node.proc.stdout is not None
-            line = node.proc.stdout.readline().decode().strip()
-            if not line.startswith("/ip4/"):
-                raise RuntimeError(f"{name} did not start: {line!r}; see {node.log}")
-            node.addrs = [line]
+            self.await_addr(name)
         return node
 
+    def await_addr(self, name: str) -> None:
+        """Read the listen address a started node prints first (it is up once it has)."""
+        node = self.nodes[name]
+        assert node.proc is not None and node.proc.stdout is not None
+        line = node.proc.stdout.readline().decode().strip()
+        if not line.startswith("/ip4/"):
+            raise RuntimeError(f"{name} did not start: {line!r}; see {node.log}")
+        node.addrs = [line]
+
     def start_all(self) -> None:
+        """The bootstrap first, then validators and trainers side by side (each imports torch:
+        starting them one after another dominated a small testnet's start), then the
+        aggregator once they are all up."""
         boot = self.start_node("boot")
         self.bootstrap_addr = boot.addrs[0]
-        for name in self.nodes:
-            if name.startswith(("validator", "trainer")):
-                self.start_node(name)
+        others = [n for n in self.nodes if n.startswith(("validator", "trainer"))]
+        for name in others:
+            self.start_node(name, wait_addr=False)
+        for name in others:
+            self.await_addr(name)
         self.start_node("aggregator")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

@@ -38,6 +38,7 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -311,6 +312,7 @@ class NetnsLab:
         self.emulator: LinkEmulator | None = None
         self.relay: TcpRelay | None = None
         self._hub = ""
+        self._cuts: list[tuple[str, str]] = []  # (namespace, blackholed address)
 
     @property
     def hub(self) -> str:
@@ -397,6 +399,25 @@ class NetnsLab:
         ip("-n", ns, "link", "set", dev, "up")
         self._save()
         return addr
+
+    # -- partitions --------------------------------------------------------------------
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Cut every node of each group off from every node of the other groups, in both
+        directions, with blackhole routes in their namespaces (packets silently vanish, as
+        on a severed link; the chain relay stays reachable). `heal` removes them."""
+        sides = [[self.namespaces[n] for n in g] for g in groups]
+        for i, side in enumerate(sides):
+            others = [addr for j, o in enumerate(sides) if j != i for _, addr in o]
+            for ns, _ in side:
+                for addr in others:
+                    ip("-n", ns, "route", "add", "blackhole", f"{addr}/32")
+                    self._cuts.append((ns, addr))
+
+    def heal(self) -> None:
+        """Remove every cut made by `partition`."""
+        cuts, self._cuts = self._cuts, []
+        for ns, addr in cuts:
+            ip("-n", ns, "route", "del", "blackhole", f"{addr}/32", check=False)
 
     # -- Placement ---------------------------------------------------------------------
     def command_prefix(self, name: str) -> list[str]:

@@ -360,8 +360,11 @@ class _Fetch:
 
     async def _receive(self, stream: Stream, peer: PeerId, job: _Job) -> None:
         req = CarRequest(job.root, job.received, job.max_blocks)
-        await stream.send_all(req.encode())
-        await stream.send_eof()
+        with trio.move_on_after(self.config.idle_timeout) as sending:
+            await stream.send_all(req.encode())
+            await stream.send_eof()
+        if sending.cancelled_caught:
+            raise ConnectionError(f"request not taken in {self.config.idle_timeout} s")
         reader = CarReader(max_block_size=self.config.max_block_size)
         await self._read_car(stream, reader, job, peer)
         if job.max_blocks and job.received >= job.max_blocks:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import trio
+
 from sorap2p.core.ids import PeerId
 from sorap2p.net.host import from_libp2p_id
+
+# seconds a peer has to accept a new stream (dial included when not connected)
+OPEN_TIMEOUT: Final = 15.0
 
 DEFAULT_READ: Final = 256 * 1024
 
@@ -68,14 +73,22 @@ class Stream:
             return
 
 
-async def open_stream(host: Any, peer: PeerId, protocols: list[str]) -> Stream:
-    """Open a stream to a connected (or dialable) peer; `ConnectionError` on failure."""
+async def open_stream(
+    host: Any, peer: PeerId, protocols: list[str], *, limit_s: float = OPEN_TIMEOUT
+) -> Stream:
+    """Open a stream to a connected (or dialable) peer; `ConnectionError` on failure or when
+    the peer does not complete the protocol negotiation within ``limit_s`` seconds (a
+    connection whose packets silently vanish, e.g. across a network partition, would
+    otherwise hold the caller forever)."""
     from libp2p.custom_types import TProtocol
 
     from sorap2p.net.host import to_libp2p_id
 
     try:
-        raw = await host.raw.new_stream(to_libp2p_id(peer), [TProtocol(p) for p in protocols])
+        with trio.fail_after(limit_s):
+            raw = await host.raw.new_stream(to_libp2p_id(peer), [TProtocol(p) for p in protocols])
+    except trio.TooSlowError:
+        raise ConnectionError(f"opening {protocols} to {peer}: no answer in {limit_s} s") from None
     except Exception as exc:
         if type(exc).__module__.startswith("libp2p"):
             raise ConnectionError(f"cannot open {protocols} to {peer}: {exc}") from exc

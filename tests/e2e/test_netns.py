@@ -259,3 +259,59 @@ def test_bridge_and_veth_links_without_impairment() -> None:
             server.wait()
         assert got.strip() == "hello"
     assert lab.leftovers() == []
+
+
+@needs_netns
+@needs_anvil
+@pytest.mark.net
+@pytest.mark.chain
+@pytest.mark.slow
+def test_partition_and_heal(tmp_path: Path) -> None:
+    """A validator and a trainer are cut off from everyone else during round 2 (blackhole
+    routes both ways; the chain stays reachable). The majority side still proves round 2
+    without them; after the partition heals, the trainer's updates are aggregated again
+    and every round is proven: nothing times out for good, nothing is lost."""
+    from sorap2p.core.ids import SubnetId
+    from sorap2p.node.audit import record_from_tx, recorded_event
+    from testnet.cluster import Cluster, ClusterSpec, wait_for
+
+    spec = ClusterSpec(
+        root=tmp_path / "net",
+        validators=3,
+        trainers=3,
+        quorum=2,
+        rounds=4,
+        round_s=40.0,
+        # the partition lands in the pause before round 2 opens
+        extra=("round.proof_timeout_s=120", "round.pause_s=5"),
+    )
+    cut_off = ("validator-2", "trainer-2")
+    with NetnsLab(0, 0, record=tmp_path / "netns.json") as lab, Cluster(spec, lab) as cluster:
+        cluster.start_all()
+        cluster.wait_log("aggregator", r"round 1 finalized", 600)
+        majority = [n for n in cluster.nodes if n not in cut_off]
+        lab.partition(majority, cut_off)
+        cluster.wait_log("aggregator", r"round 2 (finalized|failed)", 600)
+        lab.heal()
+        log = (cluster.nodes["aggregator"].home.path / "node.log").read_text()
+        assert "round 2 finalized" in log, "the majority side did not prove round 2"
+        wait_for(lambda: not cluster.alive("aggregator"), 900, "the aggregator to finish")
+        proc = cluster.nodes["aggregator"].proc
+        assert proc is not None and proc.returncode == 0
+        assert cluster.recorded_rounds() == [1, 2, 3, 4]
+        assert cluster.client is not None
+        subnet = SubnetId(spec.subnet).key
+
+        def trainers_of(r: int) -> set[bytes]:
+            assert cluster.client is not None
+            ev = recorded_event(cluster.client, subnet, r)
+            assert ev is not None
+            record, _ = record_from_tx(cluster.client, bytes(ev["transactionHash"]))
+            return set(record.trainers)
+
+        isolated = cluster.nodes["trainer-2"].home.identity_key().peer_id.hashed
+        assert isolated in trainers_of(1)
+        assert isolated not in trainers_of(2)  # cut off: its update never reached the others
+        assert isolated in trainers_of(3) | trainers_of(4)  # back after the heal
+        assert cluster.client.lineage(subnet, 4) == [4, 3, 2, 1]
+    assert lab.leftovers() == []
