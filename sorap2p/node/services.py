@@ -21,7 +21,6 @@ from sorap2p.core.cid import Cid
 from sorap2p.core.codec import encode
 from sorap2p.core.config import Config
 from sorap2p.core.crypto import IdentityKey
-from sorap2p.core.errors import RemoteProtocolError
 from sorap2p.core.gossip_rules import GossipRules, SubnetView
 from sorap2p.core.ids import PeerId, Role, SubnetId
 from sorap2p.core.topics import Topic, TopicKind, kind_of
@@ -151,11 +150,7 @@ async def _connect_bootstrap(host: Host, config: Config, cache: PeerCache) -> li
 
 
 async def keep_connected_to_members(services: Services, interval: float = 5.0) -> None:
-    """Find subnet members in the DHT and dial those we are not connected to; members we
-    reach go to the peer cache, so a restart gets in through them when every bootstrap
-    node is down."""
-    cache = PeerCache(services.home.peers_path)
-    cached: set[str] = set()
+    """Find subnet members in the DHT and dial those we are not connected to."""
     while True:
         try:
             members = await services.discovery.find_members(services.subnet)
@@ -172,19 +167,6 @@ async def keep_connected_to_members(services: Services, interval: float = 5.0) -
                         break
                 except Exception as exc:
                     _log.debug("dial %s failed: %s", addr, exc)
-        reached = {
-            m.dial_addrs[0]
-            for m in members
-            if m.dial_addrs
-            and services.host.is_connected(m.peer)
-            and m.peer != services.identity.peer_id
-        }
-        if reached - cached:
-            try:
-                cache.remember(sorted(reached))
-                cached = reached
-            except (OSError, RemoteProtocolError) as exc:
-                _log.debug("peer cache not updated: %s", exc)
         await trio.sleep(interval)
 
 
@@ -224,14 +206,9 @@ async def open_services(
     async with AsyncExitStack() as stack:
         if trace is not None:
             stack.callback(trace.close)
-        listen = config.network.listen
-        try:  # the port we had last time, so that those who knew our address still do
-            host = await stack.enter_async_context(
-                open_host(identity, home.stable_listen(listen), config=host_cfg)
-            )
-        except OSError:  # taken meanwhile: any free port
-            host = await stack.enter_async_context(open_host(identity, listen, config=host_cfg))
-        home.remember_listen(listen, host.listen_addrs())
+        host = await stack.enter_async_context(
+            open_host(identity, config.network.listen, config=host_cfg)
+        )
         cache = PeerCache(home.peers_path)
         peers = await _connect_bootstrap(host, config, cache)
         gossip = await stack.enter_async_context(
