@@ -127,7 +127,17 @@ def test_chain_rpc_going_away_and_back(tmp_path: Path) -> None:
         assert cluster.recorded_rounds()[:1] == [1]  # the state came back with it
         wait_for(lambda: not cluster.alive("aggregator"), 420, "the aggregator to finish")
         assert cluster.nodes["aggregator"].proc.returncode == 0  # type: ignore[union-attr]
-        assert cluster.recorded_rounds() == [1, 2, 3]
+        # a round whose proof fell into the outage may time out (cleanly: its proof is never
+        # half-written); the run goes on from the last proven model and later rounds land
+        recorded = cluster.recorded_rounds()
+        assert recorded[0] == 1 and recorded[-1] == 3, recorded
+        rounds = cluster.status("aggregator")["role_status"]["rounds"]
+        for r in rounds:
+            assert r["ok"] == (r["round"] in recorded), rounds
+            assert r["ok"] or r["reason"] == "no quorum proof", rounds
+        assert cluster.client is not None
+        subnet = SubnetId(spec.subnet).key
+        assert cluster.client.lineage(subnet, 3) == sorted(recorded, reverse=True)
         for name in ("validator-0", "validator-1", "trainer-0", "trainer-1"):
             assert cluster.alive(name), name
 
