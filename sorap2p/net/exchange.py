@@ -18,6 +18,7 @@ dropped for the rest of the fetch and its job moves to another provider.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -200,18 +201,23 @@ class CarServer:
         send, recv = trio.open_memory_channel[list[bytes] | BaseException](1)
 
         async def read_ahead() -> None:
+            # the sender may stop first (the peer went away): it closes ``recv``
             async with send:
-                while True:
-                    try:
-                        batch = await trio.to_thread.run_sync(
-                            walker.next_batch, self.config.read_batch_bytes
-                        )
-                    except (BlockNotFound, IntegrityError) as exc:
-                        await send.send(exc)
-                        return
-                    await send.send(batch)
-                    if not batch:
-                        return
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await read_into(send)
+
+        async def read_into(send: trio.MemorySendChannel[list[bytes] | BaseException]) -> None:
+            while True:
+                try:
+                    batch = await trio.to_thread.run_sync(
+                        walker.next_batch, self.config.read_batch_bytes
+                    )
+                except (BlockNotFound, IntegrityError) as exc:
+                    await send.send(exc)
+                    return
+                await send.send(batch)
+                if not batch:
+                    return
 
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
@@ -445,30 +451,40 @@ class _Fetch:
     async def _pump(
         self, stream: Stream, send: trio.MemorySendChannel[bytes | BaseException]
     ) -> None:
-        """Read the status byte and the CAR bytes; ``b""`` marks the end; errors are sent."""
+        """Read the status byte and the CAR bytes; ``b""`` marks the end; errors are sent.
+
+        The parser may stop first (an error, or enough blocks): it closes its end, and the
+        pump stops quietly however its next send races the cancellation.
+        """
         async with send:
-            try:
-                status: int | None = None
-                while True:
-                    with trio.move_on_after(self.config.idle_timeout) as idle:
-                        data = await stream.receive_some(self.config.recv_size)
-                    if idle.cancelled_caught:
-                        raise ConnectionError(f"no data for {self.config.idle_timeout} s")
-                    if status is None:
-                        if not data:
-                            raise ConnectionError("stream closed before a status")
-                        status, data = data[0], data[1:]
-                        if status != Status.OK:
-                            known = status in Status._value2member_map_
-                            name = Status(status).name if known else str(status)
-                            raise ProviderError(f"answered {name}", misbehaved=False)
-                        if not data:
-                            continue
-                    await send.send(data)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await self._pump_into(stream, send)
+
+    async def _pump_into(
+        self, stream: Stream, send: trio.MemorySendChannel[bytes | BaseException]
+    ) -> None:
+        try:
+            status: int | None = None
+            while True:
+                with trio.move_on_after(self.config.idle_timeout) as idle:
+                    data = await stream.receive_some(self.config.recv_size)
+                if idle.cancelled_caught:
+                    raise ConnectionError(f"no data for {self.config.idle_timeout} s")
+                if status is None:
                     if not data:
-                        return
-            except (ConnectionError, ProviderError) as exc:
-                await send.send(exc)
+                        raise ConnectionError("stream closed before a status")
+                    status, data = data[0], data[1:]
+                    if status != Status.OK:
+                        known = status in Status._value2member_map_
+                        name = Status(status).name if known else str(status)
+                        raise ProviderError(f"answered {name}", misbehaved=False)
+                    if not data:
+                        continue
+                await send.send(data)
+                if not data:
+                    return
+        except (ConnectionError, ProviderError) as exc:
+            await send.send(exc)
 
     def _parse(
         self, reader: CarReader, job: _Job, data: bytes, accepted: list[tuple[Cid, bytes]]
