@@ -273,6 +273,8 @@ def _check_range(v: int | float, limits: dict[str, Any], where: str) -> None:
 
 def _compile(tp: Any, limits: dict[str, Any], where: str) -> tuple[Encoder, Decoder]:
     origin = typing.get_origin(tp)
+    if origin is types.UnionType or origin is typing.Union:
+        return _compile_optional(tp, limits, where)
     if tp is bool:
 
         def dec_bool(v: Any, w: str) -> bool:
@@ -406,6 +408,22 @@ def _compile(tp: Any, limits: dict[str, Any], where: str) -> tuple[Encoder, Deco
 
         return enc_struct, dec_struct
     raise LocalProtocolError(f"{where}: unsupported field type {tp!r}")
+
+
+def _compile_optional(tp: Any, limits: dict[str, Any], where: str) -> tuple[Encoder, Decoder]:
+    """``X | None``: nil on the wire for None, else X's encoding (other unions: unsupported)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) != 1 or len(typing.get_args(tp)) != 2:
+        raise LocalProtocolError(f"{where}: only X | None unions are supported")
+    inner_enc, inner_dec = _compile(args[0], limits, where)
+
+    def enc_optional(v: Any) -> Any:
+        return None if v is None else inner_enc(v)
+
+    def dec_optional(v: Any, w: str) -> Any:
+        return None if v is None else inner_dec(v, w)
+
+    return enc_optional, dec_optional
 
 
 def _checked_encoder(dec: Decoder, where: str) -> Encoder:

@@ -11,6 +11,7 @@ This module is pure: callers pass the TOML text and the environment mapping.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
@@ -117,6 +118,13 @@ class RoundSection:
     duration_s: float = field(default=30.0, metadata=doc("time trainers get per round"))
     min_participants: int = field(default=1, metadata=doc("updates needed to aggregate"))
     strategy: str = field(default="fedavg", metadata=doc("aggregation strategy"))
+    strategy_params: tuple[str, ...] = field(
+        default=(), metadata=doc('strategy parameters as "name=number" (e.g. "trim_ratio=0.2")')
+    )
+    root_size: int = field(
+        default=100,
+        metadata=doc("root dataset samples of strategies with a reference delta (fltrust)"),
+    )
     rounds: int = field(default=0, metadata=doc("the last round number to run (0: forever)"))
     expected_participants: int = field(
         default=0, metadata=doc("aggregate as soon as this many updates are in (0: at deadline)")
@@ -136,6 +144,20 @@ class RoundSection:
     reannounce_s: float = field(
         default=5.0, metadata=doc("trainers re-announce their update this often until the deadline")
     )
+
+    def params(self) -> dict[str, float]:
+        """``strategy_params`` as a map; a malformed entry raises `ConfigError`."""
+        out: dict[str, float] = {}
+        for item in self.strategy_params:
+            name, sep, value = item.partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not sep or not name.strip() or not math.isfinite(number):
+                raise ConfigError(f'round.strategy_params: expected "name=number", got {item!r}')
+            out[name.strip()] = number
+        return out
 
 
 STATUS_HOSTS: Final = frozenset({"127.0.0.1", "localhost"})
@@ -218,6 +240,9 @@ class Config:
             raise ConfigError("learn.num_threads: expected a positive integer")
         if self.round.duration_s <= 0 or self.round.min_participants < 1:
             raise ConfigError("round: duration_s must be > 0 and min_participants >= 1")
+        self.round.params()
+        if not 1 <= self.round.root_size <= 10_000:
+            raise ConfigError("round.root_size: expected 1 .. 10000 samples")
         if self.round.quorum < 1 or self.round.quorum > max(len(self.round.validators), 1):
             raise ConfigError("round.quorum: expected 1 <= quorum <= len(round.validators)")
         for peer in self.round.validators:

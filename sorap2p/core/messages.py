@@ -72,6 +72,9 @@ class RoundOpen:
     training: TrainingParams
     signer: PeerId
     signature: bytes = field(default=_NO_SIG, metadata=_SIG)
+    # the root dataset (a tensor DAG) of strategies that need the server's reference delta
+    # (FLTrust, robust_fltrust); None for the others
+    root_data: Cid | None = None
 
     def __post_init__(self) -> None:
         if self.deadline <= self.opened_at:

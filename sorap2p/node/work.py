@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -22,11 +22,11 @@ from nacl.bindings import crypto_box_seal, crypto_box_seal_open
 from sorap2p.core import messages as m
 from sorap2p.core.cid import DAG_CBOR, Cid
 from sorap2p.core.crypto import IdentityKey
-from sorap2p.core.errors import IntegrityError, RemoteProtocolError
+from sorap2p.core.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
 from sorap2p.core.ids import PeerId, RoundId, SubnetId
-from sorap2p.learn.data import as_tensors
+from sorap2p.learn.data import as_tensors, load_dataset, root_split
 from sorap2p.learn.models import build_model
-from sorap2p.learn.strategies import UpdateBatch, apply_delta, make_strategy
+from sorap2p.learn.strategies import UpdateBatch, apply_delta, make_strategy, needs_reference
 from sorap2p.learn.train import DataLike, EvalResult, TrainConfig, evaluate, local_train
 from sorap2p.learn.weights import ParamSpec
 from sorap2p.store import dagcbor
@@ -192,6 +192,67 @@ def contribution_scores(deltas: torch.Tensor, aggregate: torch.Tensor) -> list[i
     return out
 
 
+# -- the root dataset and the reference delta (FLTrust-style strategies) ----------------------
+
+ROOT_SEED: Final = 1 << 40  # offset of the root draw's seed and of the reference's training seed
+MAX_ROOT_SAMPLES: Final = 10_000  # a root DAG naming more samples is refused
+
+
+def strategy_needs_reference(name: str, params: Mapping[str, float] | None = None) -> bool:
+    """Whether strategy ``name`` aggregates against the server's reference delta (an
+    unknown name or bad parameters raise `ConfigError`)."""
+    return needs_reference(make_strategy(name, params))
+
+
+def root_dataset(dataset: str, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The subnet's public root dataset: ``size`` samples of ``dataset``'s training split drawn
+    with ``seed + ROOT_SEED`` (`sorap2p.learn.data.root_split`); (inputs, labels)."""
+    splits = load_dataset(dataset)
+    _, root = root_split(splits.train, size, torch.Generator().manual_seed(seed + ROOT_SEED))
+    x, y = as_tensors(root)
+    return x.contiguous(), y.to(torch.int64).contiguous()
+
+
+def store_root_data(store: Blockstore, data: tuple[torch.Tensor, torch.Tensor]) -> Cid:
+    """Store a root dataset as a tensor DAG (same samples -> same CID on every node)."""
+    x, y = data
+    return encode_state_dict(store, {"inputs": x, "labels": y}, meta={"kind": "root_data"})
+
+
+def load_root_data(store: Blockstore, root: Cid) -> tuple[torch.Tensor, torch.Tensor]:
+    """A root dataset DAG back as (inputs, labels); a malformed one raises
+    `RemoteProtocolError`."""
+    sd = decode_state_dict(store, root)
+    x, y = sd.get("inputs"), sd.get("labels")
+    if x is None or y is None or set(sd) != {"inputs", "labels"}:
+        raise RemoteProtocolError(f"root data {root} must hold exactly inputs and labels")
+    if y.dim() != 1 or y.dtype != torch.int64 or x.dim() < 1 or x.shape[0] != y.shape[0]:
+        raise RemoteProtocolError(f"root data {root}: inputs and labels do not match")
+    if not 0 < y.shape[0] <= MAX_ROOT_SAMPLES:
+        raise RemoteProtocolError(f"root data {root}: {y.shape[0]} samples")
+    return x, y
+
+
+def reference_delta(
+    ro: m.RoundOpen,
+    global_vec: torch.Tensor,
+    ctx: ModelContext,
+    root: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The server's delta for the round: the round's training settings (no proximal term)
+    on the root dataset from the global model, one thread, seeded by the round number, so
+    that validators recompute it bit for bit on the same platform."""
+    tc = TrainConfig(
+        epochs=ro.training.epochs,
+        batch_size=ro.training.batch_size,
+        lr=ro.training.lr,
+        momentum=ro.training.momentum,
+        num_threads=1,
+    )
+    g = torch.Generator().manual_seed(ROOT_SEED + ro.round.number)
+    return local_train(ctx.fresh(), ctx.spec, global_vec, root, tc, g).delta
+
+
 @dataclass(frozen=True, slots=True)
 class RoundResult:
     model: Cid
@@ -210,13 +271,23 @@ def aggregate_round(
     global_vec: torch.Tensor,
     ctx: ModelContext,
     rejected: Mapping[Cid, str] | None = None,
+    root: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> RoundResult:
-    """Aggregate ``rows`` (one per update, ascending update CID) and store the results."""
+    """Aggregate ``rows`` (one per update, ascending update CID) and store the results.
+
+    ``root``: the round's root dataset, for strategies that need a `reference_delta`."""
     keys = [a.update for a in updates]
     if keys != sorted(keys):
         raise ValueError("updates must be sorted by CID")
-    batch = UpdateBatch.create(rows, [float(a.num_samples) for a in updates], keys)
     strategy = make_strategy(ro.strategy, dict(ro.strategy_params))
+    reference = None
+    if needs_reference(strategy):
+        if root is None:
+            raise LocalProtocolError(f"{ro.strategy} needs the round's root dataset")
+        reference = reference_delta(ro, global_vec, ctx, root)
+    batch = UpdateBatch.create(
+        rows, [float(a.num_samples) for a in updates], keys, reference=reference
+    )
     result = strategy.aggregate(batch)
     new_vec = apply_delta(global_vec, result.delta)
     model = store_vector(store, new_vec, ctx, ro.round.number)
@@ -227,7 +298,7 @@ def aggregate_round(
         for rank, i in enumerate(order)
     )
     reputation = tuple((e.trainer, e.score // REPUTATION_SCALE) for e in ranking)
-    doc = metadata_document(ro, model, updates, scores, rejected or {})
+    doc = metadata_document(ro, model, updates, scores, rejected or {}, set(result.selected))
     raw = dagcbor.encode(doc)
     meta = store.put(raw, DAG_CBOR)
     return RoundResult(model, new_vec, meta, hashlib.sha256(raw).digest(), ranking, reputation)
@@ -256,9 +327,12 @@ def metadata_document(
     updates: Sequence[m.UpdateAnnounce],
     scores: Sequence[int],
     rejected: Mapping[Cid, str],
+    kept: Collection[int] | None = None,
 ) -> dict[str, dagcbor.Value]:
-    """The round metadata the aggregator stores and validators fetch (DAG-CBOR)."""
-    return {
+    """The round metadata the aggregator stores and validators fetch (DAG-CBOR).
+
+    ``kept``: the rows (indices into ``updates``) the strategy used; None: all of them."""
+    doc: dict[str, dagcbor.Value] = {
         "v": METADATA_VERSION,
         "subnet": ro.subnet.name,
         "round": ro.round.number,
@@ -277,11 +351,15 @@ def metadata_document(
                 "timestamp": a.timestamp,
                 "train_ms": a.train_ms,
                 "score": s,
+                "kept": kept is None or i in kept,
             }
-            for a, s in zip(updates, scores, strict=True)
+            for i, (a, s) in enumerate(zip(updates, scores, strict=True))
         ],
         "rejected": [{"update": c, "reason": r} for c, r in sorted(rejected.items())],
     }
+    if ro.root_data is not None:
+        doc["root_data"] = ro.root_data
+    return doc
 
 
 # ---------------------------------------------------------------------------- validation
@@ -304,6 +382,7 @@ def recheck_round(
     rows: torch.Tensor,
     ctx: ModelContext,
     held_out: DataLike | None,
+    root: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Recheck:
     """Recompute the round as the aggregator should have, and compare with what it published."""
     global_vec = load_vector(store, ro.global_model, ctx)
@@ -317,7 +396,7 @@ def recheck_round(
             rejected = refused_updates(read_metadata(store, gm.metadata))
         except (RemoteProtocolError, IntegrityError):
             rejected = {}
-    mine = aggregate_round(store, ro, updates, rows, global_vec, ctx, rejected)
+    mine = aggregate_round(store, ro, updates, rows, global_vec, ctx, rejected, root)
     evaluation = None
     if held_out is not None:
         evaluation = evaluate(ctx.fresh(), held_out, vector=mine.vector, spec=ctx.spec)

@@ -8,6 +8,7 @@ field's limits and each message's invariants, so they always encode; tests then 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -32,6 +33,9 @@ def _limits(f: dataclasses.Field[Any]) -> dict[str, Any]:
 
 def _for_type(tp: Any, limits: dict[str, Any]) -> st.SearchStrategy[Any]:
     origin = typing.get_origin(tp)
+    if origin is types.UnionType or origin is typing.Union:  # X | None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return st.none() | _for_type(inner, limits)
     if tp is bool:
         return st.booleans()
     if tp is int:

@@ -57,6 +57,26 @@ def sample_messages() -> list[Any]:
             ),
         ),
         m.sign(
+            AGGREGATOR,
+            m.RoundOpen(
+                subnet=SUBNET,
+                round=RoundId(2),
+                global_model=model,
+                model="digits_cnn",
+                opened_at=T0 + 40_000,
+                deadline=T0 + 70_000,
+                min_participants=3,
+                recipients=(
+                    m.Recipient(AGGREGATOR.peer_id, Role.AGGREGATOR, AGGREGATOR.x25519_public),
+                ),
+                strategy="robust_fltrust",
+                strategy_params={"reference_weight": 100.0},
+                training=m.TrainingParams(epochs=2, batch_size=16, lr=0.05, momentum=0.9),
+                signer=AGGREGATOR.peer_id,
+                root_data=Cid.hash(b"root dataset", DAG_CBOR),
+            ),
+        ),
+        m.sign(
             TRAINER,
             m.UpdateAnnounce(
                 subnet=SUBNET,

@@ -64,3 +64,13 @@ def test_configuration_reference_is_current() -> None:
     from sorap2p.testing.config_doc import DOC, render
 
     assert DOC.read_text() == render(), "run: python -m sorap2p.testing.config_doc --write"
+
+
+def test_strategy_params_and_root_size() -> None:
+    cfg = load_config('[round]\nstrategy_params = ["trim_ratio=0.2", " clip = 2"]\n')
+    assert cfg.round.params() == {"trim_ratio": 0.2, "clip": 2.0}
+    for bad in ["trim_ratio", "=1", "x=nan", "x=abc"]:
+        with pytest.raises(ConfigError, match="strategy_params"):
+            load_config("", {}, [f"round.strategy_params={bad}"])
+    with pytest.raises(ConfigError, match="root_size"):
+        load_config("", {}, ["round.root_size=0"])

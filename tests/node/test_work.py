@@ -203,3 +203,30 @@ def test_refused_updates_reader() -> None:
         work.refused_updates({"rejected": [{"reason": "no update"}]})
     with pytest.raises(RemoteProtocolError):
         work.refused_updates({"rejected": 5})
+
+
+def test_root_dataset_is_content_addressed_and_checked(tmp_path: Path) -> None:
+    """Two nodes deriving the subnet's root set get one CID; the reference delta is the same
+    bit for bit; a malformed root DAG is refused as a remote error."""
+    a, b = Blockstore(tmp_path / "a"), Blockstore(tmp_path / "b")
+    root = work.root_dataset("digits", 100, 0)
+    cid = work.store_root_data(a, root)
+    assert cid == work.store_root_data(b, work.root_dataset("digits", 100, 0))
+    assert cid != work.store_root_data(b, work.root_dataset("digits", 60, 0))
+    x, y = work.load_root_data(a, cid)
+    assert torch.equal(x, root[0]) and torch.equal(y, root[1]) and y.shape == (100,)
+    ctx = work.model_context("digits_cnn")
+    genesis_cid = work.store_genesis(a, "digits_cnn")
+    genesis = work.load_vector(a, genesis_cid, ctx)
+    ro = round_open(CAST.aggregator, 3, CAST.recipients(), model=genesis_cid)
+    ref = work.reference_delta(ro, genesis, ctx, (x, y))
+    assert torch.equal(ref, work.reference_delta(ro, genesis, ctx, root))
+    assert float(ref.norm()) > 0
+    bad = work.store_root_data(a, (x, y[:-1]))
+    with pytest.raises(RemoteProtocolError, match="do not match"):
+        work.load_root_data(a, bad)
+    other = work.store_genesis(a, "digits_cnn")
+    with pytest.raises(RemoteProtocolError, match="exactly inputs and labels"):
+        work.load_root_data(a, other)
+    assert work.strategy_needs_reference("robust_fltrust")
+    assert not work.strategy_needs_reference("fedavg")

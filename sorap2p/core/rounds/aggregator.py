@@ -48,6 +48,7 @@ class AggregatorParams:
     expected_participants: int = 0  # aggregate early once this many updates checked (0: never)
     fetch_grace_ms: int = 10_000  # after the deadline, wait this long for in-flight fetches
     proof_timeout_ms: int = 120_000
+    root_data: Cid | None = None  # the root dataset named in RoundOpen (FLTrust strategies)
 
 
 DEADLINE = "deadline"
@@ -139,6 +140,7 @@ class AggregatorMachine(Machine[AggState]):
             strategy_params=dict(p.strategy_params),
             training=p.training,
             signer=p.me,
+            root_data=p.root_data,
         )
         self.round_open = msg
         self.announces.clear()

@@ -54,7 +54,7 @@ _log = logging.getLogger(__name__)
 STATE_FILE = "aggregator-state.json"
 
 
-def aggregator_params(services: Services) -> AggregatorParams:
+def aggregator_params(services: Services, root_data: Cid | None = None) -> AggregatorParams:
     cfg = services.config
     return AggregatorParams(
         subnet=services.subnet,
@@ -63,7 +63,7 @@ def aggregator_params(services: Services) -> AggregatorParams:
         round_ms=int(cfg.round.duration_s * 1000),
         min_participants=cfg.round.min_participants,
         strategy=cfg.round.strategy,
-        strategy_params={},
+        strategy_params=cfg.round.params(),
         training=m.TrainingParams(
             epochs=cfg.learn.epochs,
             batch_size=cfg.learn.batch_size,
@@ -74,6 +74,7 @@ def aggregator_params(services: Services) -> AggregatorParams:
         expected_participants=cfg.round.expected_participants,
         fetch_grace_ms=int(cfg.round.fetch_grace_s * 1000),
         proof_timeout_ms=int(cfg.round.proof_timeout_s * 1000),
+        root_data=root_data,
     )
 
 
@@ -119,7 +120,14 @@ async def run_aggregator(
         log.info("genesis model %s", genesis)
     current = Head(Cid.parse(head.root), head.round)
     state_path = services.home.path / STATE_FILE
-    agg_params = aggregator_params(services)
+    root_cid = None  # the subnet's root dataset, for strategies with a reference delta
+    if work.strategy_needs_reference(cfg.round.strategy, cfg.round.params()):
+        root = await trio.to_thread.run_sync(
+            work.root_dataset, cfg.learn.dataset, cfg.round.root_size, cfg.learn.seed
+        )
+        root_cid = await trio.to_thread.run_sync(work.store_root_data, services.blocks, root)
+        log.info("root dataset of %d samples: %s", cfg.round.root_size, root_cid)
+    agg_params = aggregator_params(services, root_cid)
     if state_path.is_file():
         machine = AggregatorMachine.restore(agg_params, json.loads(state_path.read_text()))
         if machine.round_open is not None:
@@ -187,6 +195,11 @@ async def run_aggregator(
                     work.load_vector, services.blocks, ro.global_model, ctx
                 )
                 rejected = {c: "refused" for c, ok in machine.checked.items() if not ok}
+                root = None
+                if ro.root_data is not None:
+                    root = await trio.to_thread.run_sync(
+                        work.load_root_data, services.blocks, ro.root_data
+                    )
                 res = await trio.to_thread.run_sync(
                     work.aggregate_round,
                     services.blocks,
@@ -196,6 +209,7 @@ async def run_aggregator(
                     global_vec,
                     ctx,
                     rejected,
+                    root,
                 )
             except Exception as exc:
                 log.exception("round %s: aggregation failed", ro.round)

@@ -96,6 +96,18 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
         else None
     )
 
+    subnet_root: list[tuple[Cid, tuple[torch.Tensor, torch.Tensor]]] = []
+
+    async def root_of_subnet() -> tuple[Cid, tuple[torch.Tensor, torch.Tensor]]:
+        """The root dataset this subnet's config names (derived once, stored, cached)."""
+        if not subnet_root:
+            data = await trio.to_thread.run_sync(
+                work.root_dataset, cfg.learn.dataset, cfg.round.root_size, cfg.learn.seed
+            )
+            cid = await trio.to_thread.run_sync(work.store_root_data, services.blocks, data)
+            subnet_root.append((cid, data))
+        return subnet_root[0]
+
     async with trio.open_nursery() as nursery:
         tasks = Tasks(nursery)
 
@@ -110,6 +122,13 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
                 if problem is not None:
                     await refuse(ro, problem, gm.signer)
                     return
+                root = None
+                if work.strategy_needs_reference(ro.strategy, ro.strategy_params):
+                    expected, root = await root_of_subnet()
+                    if ro.root_data != expected:
+                        what = "not the subnet's" if ro.root_data else "missing"
+                        await refuse(ro, f"root dataset {what}", gm.signer)
+                        return
                 by_cid = {a.message.update: a for a in action.announces}
                 updates = [by_cid[c].message for c in gm.updates]
                 await services.fetch_dag(ro.global_model, [ro.signer])
@@ -132,7 +151,16 @@ async def run_validator(services: Services, proofs: ProofBackend) -> None:
 
                     await refetching(get, open_it, f"update {a.update}", log)
                 recheck = await trio.to_thread.run_sync(
-                    work.recheck_round, services.blocks, ro, gm, rk, updates, rows, ctx, held_out
+                    work.recheck_round,
+                    services.blocks,
+                    ro,
+                    gm,
+                    rk,
+                    updates,
+                    rows,
+                    ctx,
+                    held_out,
+                    root,
                 )
             except Exception as exc:
                 log.warning("round %s: cannot check: %s", ro.round, exc)
