@@ -33,7 +33,7 @@ from typing import Any, Final
 import trio
 
 from sorap2p.core.crypto import IdentityKey
-from sorap2p.core.errors import LocalProtocolError, RemoteProtocolError
+from sorap2p.core.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from sorap2p.core.ids import PeerId
 
 _log = logging.getLogger(__name__)
@@ -332,7 +332,12 @@ async def open_host(
         raise LocalProtocolError(f"libp2p derived peer id {actual}, expected {identity.peer_id}")
     host = Host(raw, identity, cfg)
     async with raw.run(listen_addrs=addrs):
-        try:
-            yield host
-        finally:
-            await host.aclose()
+        # py-libp2p 0.8.1 logs a failed bind (port taken) and runs without a listener
+        deaf = bool(addrs) and not host.listen_addrs()
+        if not deaf:
+            try:
+                yield host
+            finally:
+                await host.aclose()
+    if deaf:
+        raise ConfigError(f"network.listen: cannot listen on {list(listen)} (address in use?)")
