@@ -142,7 +142,10 @@ class RoundSection:
     quorum: int = field(default=1, metadata=doc("votes needed when no chain is configured"))
     backup_s: float = field(default=15.0, metadata=doc("backup submitter delay per position"))
     reannounce_s: float = field(
-        default=5.0, metadata=doc("trainers re-announce their update this often until the deadline")
+        default=5.0,
+        metadata=doc(
+            "RoundOpen and trainers' updates are re-published this often until the deadline"
+        ),
     )
 
     def params(self) -> dict[str, float]:

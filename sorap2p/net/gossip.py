@@ -391,11 +391,13 @@ class Gossip:
         self.pubsub.remove_topic_validator(name)
         await self.pubsub.unsubscribe(name)
 
-    async def publish(self, topic: Topic, data: bytes) -> Verdict:
+    async def publish(self, topic: Topic, data: bytes, *, repeat: bool = False) -> Verdict:
         """Validate ``data`` locally, then sign and publish it.
 
         Returns the local verdict; a REJECT raises `LocalProtocolError` (we were about to
-        send something invalid) and an IGNORE publishes nothing.
+        send something invalid) and an IGNORE publishes nothing. ``repeat=True`` sends again
+        a message published before (our validator now calls it a duplicate) for peers that
+        missed it; peers that have it IGNORE it.
         """
         if len(data) > self.config.max_payload:
             raise LocalProtocolError(
@@ -405,7 +407,7 @@ class Gossip:
         v = self._local_validators.get(name) or (
             self.validators.get(topic.kind) if topic.kind in self.validators else None
         )
-        verdict = Verdict.accept() if v is None else _verdict(v(self.host.peer_id, data))
+        verdict = Verdict.accept() if v is None or repeat else _verdict(v(self.host.peer_id, data))
         if verdict.result is Validation.REJECT:
             raise LocalProtocolError(f"refusing to publish an invalid message: {verdict.reason}")
         if verdict.result is Validation.IGNORE:

@@ -121,13 +121,14 @@ class Services:
     def now(self) -> int:
         return self.clock()
 
-    async def publish(self, msg: Any) -> None:
-        """Sign ``msg`` with our identity and publish it on its topic."""
+    async def publish(self, msg: Any, *, repeat: bool = False) -> None:
+        """Sign ``msg`` with our identity and publish it on its topic (``repeat``: again,
+        for peers that missed it; see `Gossip.publish`)."""
         signed = m.sign(self.identity, msg)
         kind, payload = kind_of(signed), encode(signed)
         if self.trace is not None:
             self.trace.record(b">", kind, payload)
-        await self.gossip.publish(Topic(self.subnet, kind), payload)
+        await self.gossip.publish(Topic(self.subnet, kind), payload, repeat=repeat)
 
     async def fetch_dag(self, root: Cid, providers: list[PeerId]) -> None:
         """Make every block of the DAG under ``root`` local, fetching from ``providers``

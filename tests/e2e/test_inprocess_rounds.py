@@ -56,12 +56,18 @@ async def run_subnet(
     aggregator: Sequence[str] = (),
     rounds: int,
     common: list[str] = COMMON,
+    late: Sequence[list[str]] = (),
 ) -> dict[str, Services]:
     """A bootstrap, two validators (quorum 2), an aggregator and one trainer per entry of
     ``trainers`` (its extra overrides), all in this trio loop; returns their services once
-    the aggregator has run ``rounds`` rounds (their states stay readable)."""
+    the aggregator has run ``rounds`` rounds (their states stay readable). The ``late``
+    trainers start only once the first round is open."""
     n = len(trainers)
-    common = [*common, f"round.expected_participants={n}", f"round.start_peers={n + 2}"]
+    common = [
+        *common,
+        f"round.expected_participants={n + len(late)}",
+        f"round.start_peers={n + 2}",
+    ]
     boot_home, boot_cfg = make_home(tmp, "boot", "bootstrap", common)
     services: dict[str, Services] = {}
     async with trio.open_nursery() as nursery, node(boot_home, boot_cfg) as boot:
@@ -73,7 +79,7 @@ async def run_subnet(
         a_home = make_home(tmp, "agg", "aggregator", agg_overrides)
         t_homes = [
             make_home(tmp, f"t{i}", "trainer", common + net + extra)
-            for i, extra in enumerate(trainers)
+            for i, extra in enumerate([*trainers, *late])
         ]
         v_homes = [(h, load_config(h.config_path.read_text(), {}, vset)) for h, _ in v_homes]
         done = trio.Event()
@@ -92,9 +98,22 @@ async def run_subnet(
         with trio.fail_after(600):
             for i, (h, c) in enumerate(v_homes):
                 await nursery.start(run, f"v{i}", h, c)
-            for i, (h, c) in enumerate(t_homes):
+            for i, (h, c) in enumerate(t_homes[:n]):
                 await nursery.start(run, f"t{i}", h, c)
             await nursery.start(run, "agg", *a_home)
+            if late:
+                extras = services["agg"].extras
+
+                def opened() -> bool:
+                    """The first RoundOpen went out 8 s ago: past GossipSub's IHAVE window
+                    (3 heartbeats), so only a re-published copy can reach a new peer."""
+                    ro = extras["driver"].machine.round_open if "driver" in extras else None
+                    return ro is not None and wall_clock_ms() >= ro.opened_at + 8_000
+
+                while not opened():  # noqa: ASYNC110 (polls the aggregator's machine)
+                    await trio.sleep(0.05)
+                for i, (h, c) in enumerate(t_homes[n:], start=n):
+                    await nursery.start(run, f"t{i}", h, c)
             await done.wait()
         nursery.cancel_scope.cancel()
     return services
@@ -162,3 +181,20 @@ async def test_a_foreign_root_dataset_is_refused(tmp_path: Path) -> None:
     for i in range(2):
         check = services[f"v{i}"].extras["status"]["last_check"]
         assert not check["ok"] and check["reason"] == "root dataset not the subnet's", check
+
+
+async def test_a_trainer_that_joins_an_open_round_hears_of_it(tmp_path: Path) -> None:
+    """The aggregator re-publishes RoundOpen until the deadline: a trainer that starts after
+    the first copy went out still trains and gets into the round."""
+    services = await run_subnet(
+        tmp_path,
+        [["node.shard=0", "node.shards=2"]],
+        late=[["node.shard=1", "node.shards=2"]],
+        rounds=1,
+        common=[*COMMON, "round.reannounce_s=1"],
+    )
+    agg = services["agg"].extras["status"]
+    assert [r["ok"] for r in agg["rounds"]] == [True], agg["rounds"]
+    assert services["t1"].extras["status"]["rounds_trained"] == 1
+    doc = read_metadata(services["agg"].blocks, services["agg"].extras["last_result"].metadata)
+    assert len(doc["updates"]) == 2, doc

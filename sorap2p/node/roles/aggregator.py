@@ -249,9 +249,31 @@ async def run_aggregator(
             log.info("round %s: aggregated %d updates into %s", ro.round, len(updates), res.model)
             await driver.feed(Aggregated(gm, rk))
 
+        async def republish(ro: m.RoundOpen) -> None:
+            """Publish the round's RoundOpen again every ``round.reannounce_s`` until its
+            deadline: a peer that joined (or restarted) after the first copy still hears
+            of the round; peers that have it IGNORE the copy as a duplicate."""
+            while True:
+                await trio.sleep(cfg.round.reannounce_s)
+                current_open = machine.round_open
+                if (
+                    machine.state is not AggState.COLLECTING
+                    or current_open is None
+                    or current_open.round != ro.round
+                    or services.now() >= ro.deadline
+                ):
+                    return
+                try:
+                    await services.publish(ro, repeat=True)
+                except SoraError as exc:  # no peers yet: the next copy may go out
+                    log.debug("round %s: RoundOpen not re-published: %s", ro.round, exc)
+
         async def perform(action: Any) -> None:
             if isinstance(action, Publish):
                 await services.publish(action.message)
+                if isinstance(action.message, m.RoundOpen):
+                    ro_msg = action.message
+                    tasks.start(("reopen", ro_msg.round), lambda: republish(ro_msg))
                 if isinstance(action.message, m.GlobalModel):
                     r = action.message.round
                     if proofs is not None:
