@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -64,8 +65,46 @@ class Home:
     def peers_path(self) -> Path:
         return self.path / "peers.json"
 
+    @property
+    def listen_path(self) -> Path:
+        return self.path / "listen.json"
+
     def exists(self) -> bool:
         return (self.path / NODE_KEY_FILE).is_file()
+
+    # -- a stable address across restarts ----------------------------------------------
+    def stable_listen(self, listen: Sequence[str]) -> list[str]:
+        """``listen`` with each ``.../tcp/0`` replaced by the port this node got last time
+        (``listen.json``) when that port is free: peers, bootstrap lists and peer caches
+        that know our address still reach us after a restart."""
+        try:
+            last = json.loads(self.listen_path.read_text())
+        except (OSError, ValueError):
+            last = {}
+        out = []
+        for addr in listen:
+            port = last.get(addr) if isinstance(last, dict) else None
+            parts = addr.split("/")
+            if addr.endswith("/tcp/0") and isinstance(port, int) and _port_free(parts[2], port):
+                out.append(addr[: -len("0")] + str(port))
+            else:
+                out.append(addr)
+        return out
+
+    def remember_listen(self, listen: Sequence[str], actual: Sequence[str]) -> None:
+        """Record which port each ``.../tcp/0`` entry of ``listen`` got (``actual`` are the
+        host's full listen multiaddrs)."""
+        ports = {}
+        for addr in listen:
+            if not addr.endswith("/tcp/0"):
+                continue
+            prefix = addr[: -len("0")]
+            for full in actual:
+                if full.startswith(prefix):
+                    ports[addr] = int(full[len(prefix) :].split("/")[0])
+                    break
+        if ports:
+            write_atomic(self.listen_path, json.dumps(ports))
 
     # -- creation --------------------------------------------------------------------
     def init(
@@ -145,6 +184,16 @@ class Home:
         return NodeIdentity(
             self.identity_key().peer_id, Account.from_key(self.chain_key(password)).address
         )
+
+
+def _port_free(host: str, port: int) -> bool:
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError:
+        return False
+    return True
 
 
 def write_atomic(path: Path, text: str, *, private: bool = False, durable: bool = False) -> None:

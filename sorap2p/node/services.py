@@ -21,6 +21,7 @@ from sorap2p.core.cid import Cid
 from sorap2p.core.codec import encode
 from sorap2p.core.config import Config
 from sorap2p.core.crypto import IdentityKey
+from sorap2p.core.errors import ConfigError
 from sorap2p.core.gossip_rules import GossipRules, SubnetView
 from sorap2p.core.ids import PeerId, Role, SubnetId
 from sorap2p.core.topics import Topic, TopicKind, kind_of
@@ -207,9 +208,18 @@ async def open_services(
     async with AsyncExitStack() as stack:
         if trace is not None:
             stack.callback(trace.close)
-        host = await stack.enter_async_context(
-            open_host(identity, config.network.listen, config=host_cfg)
-        )
+        listen = list(config.network.listen)
+        stable = config.role is Role.BOOTSTRAP  # others have its address in their configs
+        try:  # a bootstrap node takes the port it had last time, so that it is found again
+            wanted = home.stable_listen(listen) if stable else listen
+            host = await stack.enter_async_context(open_host(identity, wanted, config=host_cfg))
+        except ConfigError:
+            if not stable or wanted == listen:
+                raise
+            _log.warning("the port of the last run is taken: listening on a new one")
+            host = await stack.enter_async_context(open_host(identity, listen, config=host_cfg))
+        if stable:
+            home.remember_listen(listen, host.listen_addrs())
         cache = PeerCache(home.peers_path)
         peers = await _connect_bootstrap(host, config, cache)
         gossip = await stack.enter_async_context(
