@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import trio
 
-from sorap2p.chain.devchain import find_anvil
 from sorap2p.core.codec import encode
 from sorap2p.core.gossip_rules import GossipRules, SubnetView
 from sorap2p.core.ids import Role, SubnetId
@@ -31,10 +30,7 @@ from sorap2p.node import work
 from sorap2p.store.blockstore import Blockstore
 from sorap2p.testing.factories import SUBNET, Cast, announce, round_open
 from testnet.cluster import Cluster, ClusterSpec, wait_for
-
-needs_anvil = pytest.mark.skipif(
-    find_anvil() is None, reason="anvil missing: scripts/setup.sh installs it"
-)
+from tests.e2e.marks import nodes_and_chain
 
 
 def role_status(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -56,10 +52,7 @@ def log_of(cluster: Cluster, name: str) -> str:
     return (cluster.nodes[name].home.path / "node.log").read_text(errors="replace")
 
 
-@pytest.mark.net
-@pytest.mark.chain
-@pytest.mark.slow
-@needs_anvil
+@nodes_and_chain
 def test_corrupt_blocks_are_refetched_and_a_label_flipper_ranks_last(tmp_path: Path) -> None:
     spec = ClusterSpec(
         root=tmp_path / "net",
@@ -100,10 +93,7 @@ def test_corrupt_blocks_are_refetched_and_a_label_flipper_ranks_last(tmp_path: P
         assert reps[2] < min(reps[0], reps[1]), reps
 
 
-@pytest.mark.net
-@pytest.mark.chain
-@pytest.mark.slow
-@needs_anvil
+@nodes_and_chain
 def test_chain_rpc_going_away_and_back(tmp_path: Path) -> None:
     spec = ClusterSpec(
         root=tmp_path / "net",
@@ -168,10 +158,7 @@ def _fill(path: Path) -> Path:
     return filler
 
 
-@pytest.mark.net
-@pytest.mark.chain
-@pytest.mark.slow
-@needs_anvil
+@nodes_and_chain
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_full_disk_trainer_skips_the_round_and_recovers(tmp_path: Path) -> None:
     spec = ClusterSpec(

@@ -12,13 +12,15 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from sorap2p.chain.devchain import find_anvil
 from testnet import netns
 from testnet.netns import NetnsError, NetnsLab
+from tests.e2e.marks import needs_anvil
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,9 +38,6 @@ def _netns_unavailable() -> str | None:
 
 REASON = _netns_unavailable()
 needs_netns = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-needs_anvil = pytest.mark.skipif(
-    find_anvil() is None, reason="anvil missing: scripts/setup.sh installs it"
-)
 
 
 def test_refuses_clearly_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,9 +60,9 @@ def in_ns(lab: NetnsLab, node: str, code: str, timeout: float = 60) -> str:
     return out.stdout
 
 
-@needs_netns
-def test_links_delay_and_drop_and_everything_is_torn_down(tmp_path: Path) -> None:
-    upstream = socket.create_server(("127.0.0.1", 0))  # stands in for anvil on loopback
+def loopback_service() -> socket.socket:
+    """A one-shot upper-casing echo on 127.0.0.1 that stands in for anvil."""
+    upstream = socket.create_server(("127.0.0.1", 0))
 
     def echo_once() -> None:
         conn, _ = upstream.accept()
@@ -71,6 +70,47 @@ def test_links_delay_and_drop_and_everything_is_torn_down(tmp_path: Path) -> Non
             conn.sendall(conn.recv(100).upper())
 
     threading.Thread(target=echo_once, daemon=True).start()
+    return upstream
+
+
+def assert_relay_reaches_loopback(lab: NetnsLab, node: str, chain_override: str) -> None:
+    """The relay on the root's link address reaches the loopback service (an upper-casing
+    echo standing in for anvil)."""
+    host, port = chain_override.split("//")[1].split(":")
+    got = in_ns(
+        lab,
+        node,
+        f"import socket; s = socket.create_connection(({host!r}, {port}), timeout=20);"
+        "s.sendall(b'ping'); print(s.recv(10).decode())",
+    )
+    assert got.strip() == "PING"
+
+
+@contextmanager
+def echo_server(lab: NetnsLab, node: str, addr: str, serve: str) -> Iterator[None]:
+    """A TCP server on ``addr``:7000 inside ``node``; ``serve`` handles the accepted ``c``."""
+    server = subprocess.Popen(
+        [
+            *lab.command_prefix(node),
+            sys.executable,
+            "-c",
+            f"import socket\ns = socket.create_server(({addr!r}, 7000)); print('up', "
+            f"flush=True)\nc, _ = s.accept()\n{serve}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+@needs_netns
+def test_links_delay_and_drop_and_everything_is_torn_down(tmp_path: Path) -> None:
+    upstream = loopback_service()
     record = tmp_path / "netns.json"
     with NetnsLab(100, 5, record=record, seed=7) as lab:
         ov_a = lab.overrides("a", f"http://127.0.0.1:{upstream.getsockname()[1]}")
@@ -80,29 +120,9 @@ def test_links_delay_and_drop_and_everything_is_torn_down(tmp_path: Path) -> Non
         assert ov_a[0] == f"network.listen=/ip4/{addr_a}/tcp/0" and addr_a != addr_b
         assert ov_a[1] == ov_b[1] and ov_a[1].startswith(f"chain.url=http://{lab.hub}:")
         assert lab.leftovers(), "namespaces exist while the lab is open"
-        # the relay on the root's link address reaches the loopback service
-        host, port = ov_a[1].split("//")[1].split(":")
-        got = in_ns(
-            lab,
-            "a",
-            f"import socket; s = socket.create_connection(({host!r}, {port}), timeout=20);"
-            "s.sendall(b'ping'); print(s.recv(10).decode())",
-        )
-        assert got.strip() == "PING"
+        assert_relay_reaches_loopback(lab, "a", ov_a[1])
         # node to node: every round trip crosses two impaired links (>= 2 x 100 ms)
-        server = subprocess.Popen(
-            [
-                *lab.command_prefix("b"),
-                sys.executable,
-                "-c",
-                f"import socket\ns = socket.create_server(({addr_b!r}, 7000)); print('up', "
-                "flush=True)\nc, _ = s.accept()\nwhile d := c.recv(65536): c.sendall(d)",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        with echo_server(lab, "b", addr_b, "while d := c.recv(65536): c.sendall(d)"):
             out = in_ns(
                 lab,
                 "a",
@@ -116,9 +136,6 @@ def test_links_delay_and_drop_and_everything_is_torn_down(tmp_path: Path) -> Non
                 "while n < 300_000: n += len(s.recv(65536))\n"
                 "print(min(rtts))",
             )
-        finally:
-            server.kill()
-            server.wait()
         assert float(out) >= 0.19, out
         prefix = lab.prefix
     assert lab.leftovers() == []
@@ -213,50 +230,21 @@ def test_three_rounds_are_proven_with_100ms_delay_and_5pct_loss(tmp_path: Path) 
 def test_bridge_and_veth_links_without_impairment() -> None:
     """The kernel layout (veth pairs on a bridge, as used with netem) with plain links: this
     runs where the kernel lacks netem too."""
-    upstream = socket.create_server(("127.0.0.1", 0))
-
-    def echo_once() -> None:
-        conn, _ = upstream.accept()
-        with conn:
-            conn.sendall(conn.recv(100).upper())
-
-    threading.Thread(target=echo_once, daemon=True).start()
+    upstream = loopback_service()
     with NetnsLab(0, 0, use_netem=True) as lab:
         ov = lab.overrides("a", f"http://127.0.0.1:{upstream.getsockname()[1]}")
         addr_b = lab.add_node("b")
         links = subprocess.check_output(["ip", "-o", "link"], text=True)
         assert f"{lab.prefix}br" in links and f"{lab.prefix}v1" in links
-        host, port = ov[1].split("//")[1].split(":")
-        got = in_ns(
-            lab,
-            "a",
-            f"import socket; s = socket.create_connection(({host!r}, {port}), timeout=20);"
-            "s.sendall(b'ping'); print(s.recv(10).decode())",
-        )
-        assert got.strip() == "PING"
+        assert_relay_reaches_loopback(lab, "a", ov[1])
         # namespace to namespace across the bridge: b listens, a connects
-        server = subprocess.Popen(
-            [
-                *lab.command_prefix("b"),
-                sys.executable,
-                "-c",
-                f"import socket\ns = socket.create_server(({addr_b!r}, 7000)); print('up', "
-                "flush=True)\nc, _ = s.accept(); c.sendall(c.recv(10))",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        with echo_server(lab, "b", addr_b, "c.sendall(c.recv(10))"):
             got = in_ns(
                 lab,
                 "a",
                 f"import socket; s = socket.create_connection(({addr_b!r}, 7000), timeout=20);"
                 "s.sendall(b'hello'); print(s.recv(10).decode())",
             )
-        finally:
-            server.kill()
-            server.wait()
         assert got.strip() == "hello"
     assert lab.leftovers() == []
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import torch
 
-from sorap2p.chain.devchain import find_anvil
 from sorap2p.core import messages as m
 from sorap2p.core.codec import decode
 from sorap2p.core.errors import IntegrityError
@@ -25,13 +24,9 @@ from sorap2p.store.encrypted import decrypt_update
 from sorap2p.testing.canary import files_under, find_canaries, loader_ref, marker
 from sorap2p.testing.factories import key
 from testnet.cluster import Cluster, ClusterSpec, wait_for
+from tests.e2e.marks import NODES_AND_CHAIN
 
-pytestmark = [
-    pytest.mark.net,
-    pytest.mark.chain,
-    pytest.mark.slow,
-    pytest.mark.skipif(find_anvil() is None, reason="anvil missing: scripts/setup.sh installs it"),
-]
+pytestmark = NODES_AND_CHAIN
 
 TRAINERS = 3
 

@@ -10,17 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from sorap2p.chain.devchain import find_anvil
+from tests.e2e.marks import NODES_AND_CHAIN
 from tests.e2e.test_dashboard import CHROMIUM, assert_page_matches_report, serve_and_render
 
-pytestmark = [
-    pytest.mark.net,
-    pytest.mark.chain,
-    pytest.mark.slow,
-    pytest.mark.skipif(find_anvil() is None, reason="anvil missing: scripts/setup.sh installs it"),
-]
+pytestmark = NODES_AND_CHAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,18 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from sorap2p.chain.devchain import find_anvil
 from sorap2p.core.ids import RoundId, SubnetId
 from sorap2p.node.audit import audit_round
 from sorap2p.store.blockstore import Blockstore
 from testnet.cluster import Cluster, ClusterSpec, wait_for
+from tests.e2e.marks import NODES_AND_CHAIN
 
-pytestmark = [
-    pytest.mark.net,
-    pytest.mark.chain,
-    pytest.mark.slow,
-    pytest.mark.skipif(find_anvil() is None, reason="anvil missing: scripts/setup.sh installs it"),
-]
+pytestmark = NODES_AND_CHAIN
 
 
 def test_rounds_are_proven_despite_killed_validator_and_trainer(tmp_path: Path) -> None:
