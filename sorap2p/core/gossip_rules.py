@@ -28,6 +28,11 @@ from sorap2p.core.validation import Verdict
 SEEN_CAPACITY: Final = 65_536
 CLOCK_SKEW_MS: Final = 30_000
 REANNOUNCE_WINDOW_MS: Final = 4_000
+# An announce this long after its round's deadline is a replay: no honest path delivers one
+# so late (a partition's TCP retransmissions give up after ~15 min: Linux tcp_retries2).
+# Later than the deadline but sooner is IGNOREd: an honest peer may forward it late.
+STALE_REPLAY_MS: Final = 20 * 60_000
+ROUND_HISTORY: Final = 1024  # rounds whose deadlines are kept for the replay check
 
 # (digest, 65-byte signature) -> recovered 20-byte address, or None when invalid
 Recover = Callable[[bytes, bytes], bytes | None]
@@ -86,6 +91,7 @@ class GossipRules:
         self._recover = recover
         self._seen = _Seen()
         self.open_rounds: dict[RoundId, m.RoundOpen] = {}
+        self.deadlines: OrderedDict[RoundId, int] = OrderedDict()  # the last ROUND_HISTORY
         self.announced: dict[tuple[RoundId, PeerId], Any] = {}
         self.latest_round: RoundId | None = None
 
@@ -105,8 +111,15 @@ class GossipRules:
     def remember_round(self, msg: m.RoundOpen) -> None:
         """Register a round opened before a restart (its RoundOpen will not be gossiped again)."""
         self.open_rounds[msg.round] = msg
+        self._record_deadline(msg)
         if self.latest_round is None or msg.round > self.latest_round:
             self.latest_round = msg.round
+
+    def _record_deadline(self, msg: m.RoundOpen) -> None:
+        self.deadlines[msg.round] = msg.deadline
+        self.deadlines.move_to_end(msg.round)
+        while len(self.deadlines) > ROUND_HISTORY:
+            self.deadlines.popitem(last=False)
 
     # -- common checks ---------------------------------------------------------------------
     def _common(self, origin: PeerId, data: bytes, cls: type[Any]) -> tuple[Any, Verdict | None]:
@@ -121,6 +134,11 @@ class GossipRules:
         if msg.signer != origin:
             return None, Verdict.reject("signer is not the gossip author")
         return msg, None
+
+    def _older_than_history(self, round: RoundId) -> bool:
+        """``round`` precedes all of a full history of deadlines (a round we joined after
+        is not judged: we never knew its deadline)."""
+        return len(self.deadlines) >= ROUND_HISTORY and round < next(iter(self.deadlines))
 
     def _once(self, key: Any) -> Verdict | None:
         return None if self._seen.add(key) else Verdict.ignore("duplicate")
@@ -149,6 +167,7 @@ class GossipRules:
         if dup := self._once(("round_open", msg.round, msg.opened_at)):
             return dup
         self.open_rounds[msg.round] = msg
+        self._record_deadline(msg)
         self.latest_round = msg.round
         for old in [r for r in self.open_rounds if r.number < msg.round.number - 2]:
             del self.open_rounds[old]
@@ -162,14 +181,18 @@ class GossipRules:
             return bad
         if not self._view().has_role(msg.signer, Role.TRAINER):
             return Verdict.reject("announce signer is not a staked trainer")
+        # trainers announce (and re-announce) only until the deadline; a late copy may be
+        # an honest forward delayed by a partition (IGNORE), a very late one is a replay
+        deadline = self.deadlines.get(msg.round)
+        if deadline is not None and self._now() > deadline + STALE_REPLAY_MS:
+            return Verdict.reject("announce long after its round's deadline (stale replay)")
+        if deadline is None and self._older_than_history(msg.round):
+            return Verdict.reject("announce for a round older than any on record (stale replay)")
         ro = self.open_rounds.get(msg.round)
         if ro is None:
-            if self.latest_round is not None and msg.round.number < self.latest_round.number - 2:
-                return Verdict.reject("announce for a long-closed round (stale replay)")
             return Verdict.ignore("round not open")
         if self._now() > ro.deadline + CLOCK_SKEW_MS:
-            # trainers announce (and re-announce) only until the deadline
-            return Verdict.reject("announce after the round's deadline (stale replay)")
+            return Verdict.ignore("announce after the round's deadline")
         if msg.base_model != ro.global_model:
             return Verdict.reject("update is not based on the round's global model")
         if not ro.opened_at <= msg.timestamp <= ro.deadline + CLOCK_SKEW_MS:

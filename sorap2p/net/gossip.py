@@ -178,7 +178,7 @@ def _pubsub_class() -> type[Any]:
             if scorer is not None:
                 for topic in msg.topicIDs or ["?"]:
                     scorer.on_invalid_message(forwarder, topic)
-            _log.debug("rejected gossip from %s: %s", forwarder, why)
+            _log.info("rejected gossip from %s: %s", forwarder, why)
 
         async def push_msg(self, msg_forwarder: Any, msg: Any) -> None:
             local = msg_forwarder == self.my_id
@@ -334,7 +334,7 @@ class Gossip:
                 return True
             if verdict.result is Validation.REJECT:
                 self.stats.rejected += 1
-                _log.debug("REJECT on %s from %s: %s", topic, origin, verdict.reason)
+                _log.info("REJECT on %s from %s: %s", topic, origin, verdict.reason)
                 return False
             self.stats.ignored += 1
             raise _IgnoredError(verdict.reason)

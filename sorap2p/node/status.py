@@ -139,9 +139,7 @@ def snapshot(services: Services) -> dict[str, Any]:
             "validator_set_version": view.validator_set_version,
             "validator_set_size": view.validator_set_size,
         },
-        "gossip": {
-            k: v for k, v in asdict(services.gossip.statistics()).items() if isinstance(v, int)
-        },
+        "gossip": gossip_status(services.gossip.statistics()),
         "role_status": role_status,
         "errors": errors.recent() if isinstance(errors, ErrorLog) else [],
         "errors_total": errors.counts() if isinstance(errors, ErrorLog) else {},
@@ -164,3 +162,11 @@ async def write_status_forever(services: Services, interval: float = 1.0) -> Non
 def read_status(home: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((home / STATUS_FILE).read_text())
     return data
+
+
+def gossip_status(stats: Any) -> dict[str, Any]:
+    """The gossip counters, and the 20 most frequent REJECT/IGNORE reasons."""
+    out: dict[str, Any] = {k: v for k, v in asdict(stats).items() if isinstance(v, int)}
+    reasons = sorted(stats.by_reason.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+    out["reasons"] = dict(reasons)
+    return out

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from sorap2p.core import messages as m
 from sorap2p.core.codec import encode
-from sorap2p.core.gossip_rules import GossipRules, SubnetView
+from sorap2p.core.gossip_rules import (
+    CLOCK_SKEW_MS,
+    ROUND_HISTORY,
+    STALE_REPLAY_MS,
+    GossipRules,
+    SubnetView,
+)
 from sorap2p.core.ids import Role, RoundId, SubnetId
 from sorap2p.core.topics import TopicKind
 from sorap2p.core.validation import Validation
@@ -305,3 +311,33 @@ def test_rejected_verdict_slashes_nothing() -> None:
 
     with pytest.raises(RemoteProtocolError, match="slashes nothing"):
         dataclasses.replace(verdict_vote(0, upheld=False), slash_amount=b"\x01" * 32)
+
+
+def test_late_announces_are_ignored_replays_rejected() -> None:
+    """A late announce may be an honest forward that a healed partition delivers late:
+    IGNOREd (no penalty) until STALE_REPLAY_MS after its round's deadline, REJECTed after;
+    one of a round older than a full history of deadlines is REJECTed too."""
+    clock = [0]
+    v = view()
+    r = GossipRules(lambda: v, lambda: clock[0])
+    rounds = r.for_kind(TopicKind.ROUNDS)
+    updates = r.for_kind(TopicKind.UPDATES)
+    first = round_open(AGG, 1, CAST.recipients(), opened_at=0, duration=1_000)
+    assert rounds(AGG.peer_id, encode(first)).result is Validation.ACCEPT
+    late = announce(T0, first)
+    clock[0] = first.deadline + CLOCK_SKEW_MS + 1
+    assert updates(T0.peer_id, encode(late)).reason == "announce after the round's deadline"
+    assert updates(T0.peer_id, encode(late)).result is Validation.IGNORE
+    clock[0] = first.deadline + STALE_REPLAY_MS + 1
+    assert updates(T0.peer_id, encode(late)).result is Validation.REJECT
+    # a long run: round 1's deadline falls out of the history
+    for n in range(2, ROUND_HISTORY + 3):
+        ro = round_open(AGG, n, CAST.recipients(), opened_at=clock[0], duration=1_000)
+        r.remember_round(ro)
+    assert len(r.deadlines) == ROUND_HISTORY and RoundId(1) not in r.deadlines
+    verdict_ = updates(T0.peer_id, encode(late))
+    assert verdict_.result is Validation.REJECT and "older than any" in verdict_.reason
+    # a node that joined late never judges rounds before it joined
+    fresh = GossipRules(lambda: v, lambda: clock[0])
+    fresh.remember_round(ro)
+    assert fresh.for_kind(TopicKind.UPDATES)(T0.peer_id, encode(late)).result is (Validation.IGNORE)
