@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from sorap2p.core.cid import MAX_CID_BYTES, Cid, decode_varint, encode_varint
+from sorap2p.core.cid import MAX_CID_BYTES, RAW, Cid, decode_varint, encode_varint
 from sorap2p.core.errors import IntegrityError, LocalProtocolError, RemoteProtocolError, SoraError
 from sorap2p.core.ids import PeerId
 from sorap2p.net.host import Host
@@ -198,7 +198,7 @@ class CarServer:
         walker = _DagWalker(self.store, req.root, req.skip, req.max_blocks)
         await stream.send_all(bytes([Status.OK]) + encode_header([req.root]))
         # read the next batch from disk (worker thread) while this one is being sent
-        send, recv = trio.open_memory_channel[list[bytes] | BaseException](1)
+        send, recv = trio.open_memory_channel[list[bytes | memoryview] | BaseException](1)
 
         async def read_ahead() -> None:
             # the sender may stop first (the peer went away): it closes ``recv``
@@ -206,7 +206,9 @@ class CarServer:
                 with contextlib.suppress(trio.BrokenResourceError):
                     await read_into(send)
 
-        async def read_into(send: trio.MemorySendChannel[list[bytes] | BaseException]) -> None:
+        async def read_into(
+            send: trio.MemorySendChannel[list[bytes | memoryview] | BaseException],
+        ) -> None:
             while True:
                 try:
                     batch = await trio.to_thread.run_sync(
@@ -228,7 +230,7 @@ class CarServer:
                         if isinstance(item, BaseException):
                             failure = item
                             break
-                        for chunk in item:
+                        for chunk in item:  # views of the walker's buffers: send, then drop
                             await stream.send_all(chunk)
                             self.bytes_sent += len(chunk)
             except ConnectionError as exc:
@@ -246,7 +248,17 @@ class CarServer:
 
 
 class _DagWalker:
-    """Depth-first pre-order walk that yields ready-to-send CAR sections in batches."""
+    """Depth-first pre-order walk that yields ready-to-send CAR sections in batches.
+
+    A batch is built in one of three reused buffers (never a fresh allocation per block,
+    and never the same buffer as the two batches that may still be queued or being sent:
+    the sender takes batches through a channel of capacity one): each section's prefix and
+    CID are written, then the block is read from disk straight behind them when the store
+    offers ``size`` and ``get_into`` (`Blockstore` does; it verifies the bytes there), else
+    copied from ``get``. A section larger than a buffer goes out on its own.
+    """
+
+    BUFFERS: Final = 3
 
     def __init__(self, store: BlockSource, root: Cid, skip: int, max_blocks: int) -> None:
         self.store = store
@@ -255,28 +267,90 @@ class _DagWalker:
         self.index = 0
         self.skip = skip
         self.limit = skip + max_blocks if max_blocks else None
+        self._buffers: list[bytearray] = []
+        self._turn = 0
+        get_into = getattr(store, "get_into", None)
+        size_of = getattr(store, "size", None)
+        self._direct = (size_of, get_into) if callable(get_into) and callable(size_of) else None
 
-    def next_batch(self, max_bytes: int) -> list[bytes]:
-        out: list[bytes] = []
-        size = 0
-        while self.stack and size < max_bytes:
+    def _buffer(self, capacity: int) -> bytearray:
+        if len(self._buffers) < self.BUFFERS:
+            self._buffers.append(bytearray(capacity))
+        buf = self._buffers[self._turn % self.BUFFERS]
+        self._turn += 1
+        return buf
+
+    def next_batch(self, max_bytes: int) -> list[bytes | memoryview]:
+        """The next sections, about ``max_bytes`` of them; empty at the end of the walk."""
+        buf: memoryview | None = None
+        used = 0
+        out: list[bytes | memoryview] = []
+        while self.stack:
             if self.limit is not None and self.index >= self.limit:
                 self.stack.clear()
                 break
-            cid = self.stack.pop()
+            cid = self.stack[-1]
             mh = cid.multihash
             if mh in self.seen:
+                self.stack.pop()
                 continue
+            if self.index < self.skip:  # skipped: only its links are needed
+                self.stack.pop()
+                self.seen.add(mh)
+                self.stack.extend(reversed(links_of(cid, self.store.get(cid))))
+                self.index += 1
+                continue
+            if buf is None:
+                buf = memoryview(self._buffer(max_bytes + (max_bytes >> 4)))
+            data, size = self._size(cid)
+            head = encode_varint(len(cid.raw) + size) + cid.raw
+            end = used + len(head) + size
+            if end > len(buf):
+                if used:
+                    break  # next batch
+                # larger than a buffer: a section of its own
+                self.stack.pop()
+                self.seen.add(mh)
+                if data is None:
+                    data = self.store.get(cid)
+                out.append(head + data)
+                self._visit(cid, data)
+                break
+            self.stack.pop()
             self.seen.add(mh)
-            data = self.store.get(cid)
-            self.stack.extend(reversed(links_of(cid, data)))
-            if self.index >= self.skip:
-                # one write per section: py-libp2p's cost is per write, not per byte
-                section = encode_varint(len(cid.raw) + len(data)) + cid.raw + data
-                out.append(section)
-                size += len(section)
-            self.index += 1
+            buf[used : used + len(head)] = head
+            slot = buf[used + len(head) : end]
+            if data is None:
+                assert self._direct is not None
+                try:
+                    got = self._direct[1](cid, slot)
+                except LocalProtocolError as exc:  # it grew since `size`
+                    raise IntegrityError(f"block {cid} changed while read: {exc}") from exc
+                if got != size:
+                    raise IntegrityError(f"block {cid} changed while read")
+            else:
+                slot[:] = data
+            self._visit(cid, slot)
+            used = end
+            if used >= max_bytes:
+                break
+        if used:
+            assert buf is not None
+            out.insert(0, buf[:used])
         return out
+
+    def _size(self, cid: Cid) -> tuple[bytes | None, int]:
+        """The block's size, and its bytes unless the store can read it into a buffer."""
+        if self._direct is not None:
+            size: int = self._direct[0](cid)
+            return None, size
+        data = self.store.get(cid)
+        return data, len(data)
+
+    def _visit(self, cid: Cid, data: bytes | memoryview) -> None:
+        if cid.codec != RAW:
+            self.stack.extend(reversed(links_of(cid, bytes(data))))
+        self.index += 1
 
 
 @asynccontextmanager
@@ -335,6 +409,8 @@ class FetchReport:
     seconds: float = 0.0
     by_provider: dict[PeerId, int] = field(default_factory=dict)
     failures: dict[PeerId, str] = field(default_factory=dict)
+    verify_cpu_s: float = 0.0  # worker-thread CPU: parsing the CAR, hashing, link checks
+    store_cpu_s: float = 0.0  # worker-thread CPU: writing blocks (mostly the kernel's)
 
     @property
     def mib_per_s(self) -> float:
@@ -385,68 +461,85 @@ class _Fetch:
             raise ConnectionError(f"CAR ended with {len(job.expected)} linked blocks missing")
 
     async def _read_car(self, stream: Stream, reader: CarReader, job: _Job, peer: PeerId) -> None:
-        """A three-stage pipeline: the stream reader (a task), the parser-verifier and the
-        writer (worker threads). Hashing and file writes run beside the event loop (which
-        does Noise and Yamux) and beside each other; the channels between the stages bound
-        memory to ``pipeline_depth`` reads plus two lists of verified blocks.
+        """A two-stage pipeline: the stream reader (a task, beside Noise and Yamux on the
+        event loop) and the parser-verifier-writer (a worker thread). Each thread hop takes
+        every read queued since the last one and at least ``recv_size`` bytes (or the end),
+        so the worker gets few, large batches; the channel between the stages bounds memory
+        to ``pipeline_depth`` reads.
         """
         chunks_send, chunks_recv = trio.open_memory_channel[bytes | BaseException](
             self.config.pipeline_depth
         )
-        blocks_send, blocks_recv = trio.open_memory_channel[list[tuple[Cid, bytes]]](2)
         failure: BaseException | None = None
-        write_failure: list[BaseException] = []
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self._writer, blocks_recv, peer, write_failure)
-            async with blocks_send, trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, stream, chunks_send)
-                try:
-                    async with chunks_recv:
-                        async for item in chunks_recv:
-                            if isinstance(item, BaseException):
-                                raise item
-                            accepted: list[tuple[Cid, bytes]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, stream, chunks_send)
+            try:
+                async with chunks_recv:
+                    async for item in chunks_recv:
+                        # a hop per ``recv_size`` bytes at least (reads are often a frame)
+                        batch, size = [item], len(item) if isinstance(item, bytes) else 0
+                        while isinstance(batch[-1], bytes) and batch[-1]:
                             try:
-                                ended = await trio.to_thread.run_sync(
-                                    self._parse, reader, job, item, accepted
-                                )
-                            finally:
-                                # verified before any error: store them (the job counts them)
-                                if accepted:
-                                    with trio.CancelScope(shield=True):
-                                        await blocks_send.send(accepted)
-                            if ended or write_failure:
+                                batch.append(chunks_recv.receive_nowait())
+                            except trio.WouldBlock:
+                                if size >= self.config.recv_size:
+                                    break
+                                try:
+                                    batch.append(await chunks_recv.receive())
+                                except trio.EndOfChannel:
+                                    break
+                            except trio.EndOfChannel:
                                 break
-                except (ConnectionError, RemoteProtocolError, IntegrityError, ProviderError) as exc:
-                    failure = exc
-                nursery.cancel_scope.cancel()
-        if write_failure:
-            raise write_failure[0]
+                            if isinstance(batch[-1], bytes):
+                                size += len(batch[-1])
+                        chunks = [c for c in batch if isinstance(c, bytes)]
+                        # blocks, bytes stored by this hop (even if it fails), CPU seconds
+                        counts = [0, 0, 0.0, 0.0]
+                        try:
+                            ended = bool(chunks) and await trio.to_thread.run_sync(
+                                self._parse_and_store, reader, job, chunks, counts
+                            )
+                        finally:
+                            self._count(peer, int(counts[0]), int(counts[1]))
+                            self.report.verify_cpu_s += counts[2]
+                            self.report.store_cpu_s += counts[3]
+                        if isinstance(batch[-1], BaseException):
+                            raise batch[-1]
+                        if ended:
+                            break
+            except Exception as exc:  # raised outside the nursery: no ExceptionGroup
+                failure = exc
+            nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
 
-    async def _writer(
-        self,
-        recv: trio.MemoryReceiveChannel[list[tuple[Cid, bytes]]],
-        peer: PeerId,
-        failure: list[BaseException],
-    ) -> None:
-        """Write verified blocks (worker thread) until the parser closes the channel."""
-
-        def write(blocks: list[tuple[Cid, bytes]]) -> None:
-            for cid, data in blocks:
-                store_hashed(self.store, cid, data)  # `CarReader` verified each hash
-
-        async with recv:
-            async for blocks in recv:
-                if failure:
-                    continue  # drain
+    def _parse_and_store(
+        self, reader: CarReader, job: _Job, chunks: list[bytes], counts: list[float]
+    ) -> bool:
+        """Worker thread: parse, verify and store what ``chunks`` complete; True at the
+        CAR's end. Blocks verified before an error are stored before it propagates; a
+        store error (full disk...) wins over a parse error. ``counts`` gets the blocks and
+        bytes stored and the CPU seconds spent verifying and storing."""
+        ended = False
+        clock = time.thread_time
+        for data in chunks:
+            accepted: list[tuple[Cid, bytes]] = []
+            t0 = clock()
+            try:
+                ended = self._parse(reader, job, data, accepted)
+            finally:
+                t1 = clock()
+                counts[2] += t1 - t0
                 try:
-                    await trio.to_thread.run_sync(write, blocks)
-                except (OSError, IntegrityError, LocalProtocolError) as exc:
-                    failure.append(exc)
-                    continue
-                self._count(peer, len(blocks), sum(len(d) for _, d in blocks))
+                    for cid, block in accepted:
+                        store_hashed(self.store, cid, block)  # `CarReader` verified it
+                        counts[0] += 1
+                        counts[1] += len(block)
+                finally:
+                    counts[3] += clock() - t1
+            if ended:
+                break
+        return ended
 
     async def _pump(
         self, stream: Stream, send: trio.MemorySendChannel[bytes | BaseException]

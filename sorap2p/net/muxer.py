@@ -23,9 +23,10 @@ The fix, per stream (installed by `open_host` through ``muxer_opt``):
   buffers at most 16 MiB. The target doubles (up to the cap) when updates follow each
   other within four round trips (the RTT estimate is floored at `MIN_RTT` so that
   loopback and LAN transfers reach the full window).
-* Writes send frames of up to `MAX_FRAME` (256 KiB) bytes, not 64 KiB (which Noise then
+* Writes send frames of up to `MAX_FRAME` (~256 KiB) bytes, not 64 KiB (which Noise then
   splits into a 65,519-byte and a 17-byte message), slice a memoryview instead of
-  copying, and a writer waiting for credit wakes on the window update instead of
+  copying (and over our Noise session, `sorap2p.net.noise`, hand header and payload over
+  apart: no join), and a writer waiting for credit wakes on the window update instead of
   polling every 10 ms.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections import deque
 from typing import Any, Final
 
 import trio
@@ -40,11 +42,121 @@ import trio
 # DATA payload per frame we write. Larger frames cost less Python per byte (client +
 # server CPU per 100 MiB on loopback: 64 KiB 0.40 + 0.28 s, 256 KiB 0.24 + 0.20 s,
 # 1 MiB 0.21 + 0.16 s) but hold other streams of the connection behind them (head-of-line:
-# 256 KiB is 21 ms at 100 Mbit/s, 1 MiB would be 84 ms): 256 KiB.
-MAX_FRAME: Final = 256 << 10
+# 256 KiB is 21 ms at 100 Mbit/s, 1 MiB would be 84 ms): 256 KiB less 80 bytes, so that
+# header + payload fill exactly four Noise messages of 65,519 bytes (256 KiB + 12 would
+# take a fifth message of 80 bytes, decrypted and parsed like the others).
+MAX_FRAME: Final = 4 * (65535 - 16) - 12
+# Bytes of frames a writer hands to our Noise session at once (one socket write, one pass
+# through the connection's lock; the receiver still sees `MAX_FRAME` frames). Four frames
+# per write measured no better than one on loopback (CPU and MiB/s within the noise) and
+# would hold other streams' frames behind 1 MiB instead of 256 KiB: one frame.
+MAX_BURST: Final = MAX_FRAME
 MIN_RTT: Final = 0.01  # seconds; floor of the RTT estimate used for window auto-tuning
 WINDOW_WAIT: Final = 30.0  # seconds a writer waits for credit before failing the stream
 CLOSE_POLL: Final = 0.05  # seconds between checks for a reset while waiting for credit
+
+
+class FrameBody:
+    """A DATA frame's body as the plaintext pieces it arrived in (no join): what
+    `ChunkBuffer.extend` takes from our ``_read_data_body``."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = parts
+        self.size = sum(len(p) for p in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class ChunkBuffer:
+    """What py-libp2p's Yamux keeps a stream's received bytes in, without its copies.
+
+    It stands in for the ``bytearray`` (``extend``, ``len``, ``bytes()``, ``buf[:n]``,
+    ``del buf[:n]``, ``clear``: the operations ``yamux.py`` uses): ``extend`` keeps the
+    pieces it is given and ``bytes()`` / ``buf[:n]`` join them once (a lone piece is
+    returned as it is), where the ``bytearray`` copied every byte in and out again.
+    """
+
+    __slots__ = ("_chunks", "_len")
+
+    def __init__(self, data: Any = b"") -> None:
+        self._chunks: deque[bytes | memoryview] = deque()
+        self._len = 0
+        self.extend(data)
+
+    def extend(self, data: Any) -> None:
+        if isinstance(data, FrameBody):
+            self._chunks.extend(data.parts)
+            self._len += data.size
+            return
+        if not len(data):
+            return
+        piece = data if isinstance(data, bytes) else bytes(data)
+        self._chunks.append(piece)
+        self._len += len(piece)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bytes__(self) -> bytes:
+        chunks = self._chunks
+        if len(chunks) == 1 and isinstance(chunks[0], bytes):
+            return chunks[0]
+        return b"".join(chunks)
+
+    def _prefix(self, n: int) -> list[bytes | memoryview]:
+        parts: list[bytes | memoryview] = []
+        need = n
+        for chunk in self._chunks:
+            if need <= 0:
+                break
+            piece = chunk if len(chunk) <= need else memoryview(chunk)[:need]
+            parts.append(piece)
+            need -= len(piece)
+        return parts
+
+    def _prefix_length(self, key: slice) -> int | None:
+        """``n`` when ``key`` is ``[:n]`` (as a ``bytearray`` reads it), else None."""
+        if not isinstance(key, slice):
+            return None
+        start, stop, step = key.indices(self._len)
+        return max(0, stop) if start == 0 and step == 1 else None
+
+    def __getitem__(self, key: slice) -> bytes:
+        n = self._prefix_length(key)
+        if n is None:
+            return bytes(self)[key]
+        parts = self._prefix(n)
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
+
+    def __delitem__(self, key: slice) -> None:
+        n = self._prefix_length(key)
+        if n is None:
+            raise TypeError("ChunkBuffer deletes only a prefix")
+        self._len -= n
+        chunks = self._chunks
+        while n:
+            first = chunks[0]
+            if len(first) > n:
+                chunks[0] = memoryview(first)[n:]
+                return
+            chunks.popleft()
+            n -= len(first)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._len = 0
+
+
+class StreamBuffers(dict[int, Any]):
+    """Yamux's ``stream_buffers``: every buffer put in becomes a `ChunkBuffer`."""
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        super().__setitem__(key, value if isinstance(value, ChunkBuffer) else ChunkBuffer(value))
 
 
 @functools.cache
@@ -61,6 +173,7 @@ def yamux_class() -> type[Any]:
 
         _sora_send_window: int
         _sora_credit: trio.Event
+        takes_views: Final = True  # `write` takes any buffer and is done with it on return
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._sora_send_window = 0
@@ -91,59 +204,131 @@ def yamux_class() -> type[Any]:
             stream.target_recv_window = min(stream.target_recv_window, max_window)
             return stream
 
+        # The window bookkeeping below is synchronous, so it needs ``window_lock`` only
+        # while another task holds it (py-libp2p's own code never awaits inside it):
+        # taking a free trio lock costs a trip through the scheduler, per frame.
         async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
-            async with self.window_lock:
-                buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            if self.window_lock.locked():
+                async with self.window_lock:
+                    delta = self._sora_grant()
+            else:
+                delta = self._sora_grant()
+            if delta > 0:
+                await self.send_window_update(delta, skip_lock=True)
+
+        def _sora_grant(self) -> int:
+            """The credit to grant now (already added to ``recv_window``), or 0."""
+            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            delta: int = self.target_recv_window - (self.recv_window + buffered)
+            if delta < self.target_recv_window // 2 or delta <= 0:
+                return 0
+            now = trio.current_time()
+            rtt = max(self._effective_rtt(), MIN_RTT)
+            if self.epoch_start > 0 and now - self.epoch_start < 4 * rtt:
+                self.target_recv_window = min(self.target_recv_window * 2, max_window)
                 delta = self.target_recv_window - (self.recv_window + buffered)
-                if delta < self.target_recv_window // 2 or delta <= 0:
-                    return
-                now = trio.current_time()
-                rtt = max(self._effective_rtt(), MIN_RTT)
-                if self.epoch_start > 0 and now - self.epoch_start < 4 * rtt:
-                    self.target_recv_window = min(self.target_recv_window * 2, max_window)
-                    delta = self.target_recv_window - (self.recv_window + buffered)
-                self.epoch_start = now
-                self.recv_window += delta
-            await self.send_window_update(delta, skip_lock=True)
+            self.epoch_start = now
+            self.recv_window += delta
+            return delta
+
+        def _sora_reserve(self, want: int) -> int:
+            """Take up to ``want`` bytes (one frame) of send window; 0 when there is none."""
+            if self.closed:
+                raise MuxedStreamError("Stream is closed")
+            n = min(self._sora_send_window, MAX_FRAME, want)
+            if n > 0:
+                self._sora_send_window -= n
+            else:
+                self._sora_credit = trio.Event()
+            return n
 
         async def write(self, data: bytes) -> None:
+            """Send ``data`` in frames as the window allows. The whole write holds the
+            stream's write lock (two writers' frames never interleave) and each frame the
+            connection's (taken without a scheduler trip when free)."""
             if self.send_closed:
                 raise MuxedStreamError("Stream is closed for sending")
             view = memoryview(data).cast("B")
             total = len(view)
             sent = 0
-            while sent < total:
-                async with self.rw_lock.write_lock():
+            async with self.rw_lock.write_lock():
+                while sent < total:
                     if self.send_closed:
                         raise MuxedStreamError("Stream is closed for sending")
-                    async with self.window_lock:
-                        if self.closed:
-                            raise MuxedStreamError("Stream is closed")
-                        n = min(self._sora_send_window, MAX_FRAME, total - sent)
-                        if n > 0:
-                            self._sora_send_window -= n
+                    conn = self.conn
+                    write_frames = getattr(conn.secured_conn, "write_frames", None)
+                    burst = min(total - sent, MAX_BURST if write_frames else MAX_FRAME)
+                    frames: list[tuple[bytes, memoryview]] = []
+                    while burst > 0:
+                        if self.window_lock.locked():
+                            async with self.window_lock:
+                                n = self._sora_reserve(burst)
                         else:
-                            self._sora_credit = trio.Event()
-                if n <= 0:
-                    with trio.move_on_after(WINDOW_WAIT) as waited:
-                        while self._sora_send_window <= 0 and not self.closed:
-                            # woken by the update; a reset (which sets no event) is
-                            # noticed within CLOSE_POLL
-                            with trio.move_on_after(CLOSE_POLL):
-                                await self._sora_credit.wait()
-                            if self._sora_send_window <= 0:
-                                self._sora_credit = trio.Event()
-                    if waited.cancelled_caught:
-                        raise MuxedStreamError(
-                            f"no window update from the peer for {WINDOW_WAIT} s"
-                        )
-                    continue
-                frame = header.pack(0, y.TYPE_DATA, 0, self.stream_id, n) + view[sent : sent + n]
-                await self.conn._write_frame(frame)
-                sent += n
+                            n = self._sora_reserve(burst)
+                        if n <= 0:
+                            break
+                        head = header.pack(0, y.TYPE_DATA, 0, self.stream_id, n)
+                        frames.append((head, view[sent : sent + n]))
+                        sent += n
+                        burst -= n
+                    if not frames:
+                        await self._sora_wait_for_credit()
+                        continue
+                    if write_frames is None:
+                        head, body = frames[0]
+                        await conn._write_frame(head + body)
+                        continue
+                    # our Noise session: headers and payloads encrypted, no joins, one
+                    # socket write for the burst
+                    lock = conn._write_lock
+                    try:
+                        lock.acquire_nowait()
+                    except trio.WouldBlock:
+                        await lock.acquire()
+                    try:
+                        await write_frames(frames)
+                    finally:
+                        lock.release()
+
+        async def _sora_wait_for_credit(self) -> None:
+            with trio.move_on_after(WINDOW_WAIT) as waited:
+                while self._sora_send_window <= 0 and not self.closed:
+                    # woken by the update; a reset (which sets no event) is noticed
+                    # within CLOSE_POLL
+                    with trio.move_on_after(CLOSE_POLL):
+                        await self._sora_credit.wait()
+                    if self._sora_send_window <= 0:
+                        self._sora_credit = trio.Event()
+            if waited.cancelled_caught:
+                raise MuxedStreamError(f"no window update from the peer for {WINDOW_WAIT} s")
 
     class SoraYamux(y.Yamux):
         """`Yamux` whose streams are `SoraYamuxStream` (both directions)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.stream_buffers = StreamBuffers(self.stream_buffers)
+
+        async def _read_data_body(self, length: int) -> Any:
+            """A DATA frame's body: over our Noise session, the plaintext pieces as they
+            were decrypted (a `FrameBody`, which `ChunkBuffer` keeps without a copy)
+            instead of ``read_exactly`` (three copies)."""
+            conn = self.secured_conn
+            read_parts = getattr(conn, "read_parts", None)
+            readable_now = getattr(conn, "readable_now", None)
+            if read_parts is None or readable_now is None:
+                return await super()._read_data_body(length)
+            if readable_now(length):  # all of it decrypts now: no timeout scope needed
+                body = FrameBody(await read_parts(length))
+            else:
+                with trio.fail_after(y._yamux_data_read_timeout()):
+                    body = FrameBody(await read_parts(length))
+            if body.size < length:  # the session ended mid-frame: py-libp2p's error
+                from libp2p.io.utils import read_exactly
+
+                with trio.fail_after(y._yamux_data_read_timeout()):
+                    await read_exactly(conn, length - body.size)
+            return body
 
         async def open_stream(self) -> Any:
             return SoraYamuxStream.adopt(await super().open_stream())

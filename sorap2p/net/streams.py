@@ -44,8 +44,12 @@ class Stream:
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` (not kept after the call returns: the caller may reuse it)."""
+        muxed = getattr(self._raw, "muxed_stream", None)
+        if not isinstance(data, bytes) and not getattr(muxed, "takes_views", False):
+            data = bytes(data)  # a muxer of py-libp2p's own may want bytes
         try:
-            await self._raw.write(bytes(data))
+            await self._raw.write(data)
         except Exception as exc:
             if type(exc).__module__.startswith("libp2p"):
                 raise ConnectionError(f"stream to {self.peer} failed: {exc!r}") from exc

@@ -13,12 +13,13 @@ is parsed; malformed input or a mismatching block raises `CodecError` (a RemoteP
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from sorap2p.core.cid import Cid, decode_varint, encode_varint
+from sorap2p.core.cid import MAX_CID_BYTES, Cid, decode_varint, encode_varint
 from sorap2p.core.errors import RemoteProtocolError
 from sorap2p.store import dagcbor
 from sorap2p.store.blockstore import MAX_BLOCK_SIZE, Blockstore
@@ -79,13 +80,18 @@ CarEvent = CarHeader | CarBlock | Sentinel
 
 
 class CarReader:
-    """Incremental, verifying CAR v1 parser (see module docstring)."""
+    """Incremental, verifying CAR v1 parser (see module docstring).
 
-    __slots__ = ("_buf", "_eof", "_header_done", "_max_block", "_pos", "blocks", "roots")
+    Received ``bytes`` are kept as they are (no copy) until parsed; a `bytearray` or
+    `memoryview` is copied once (the caller may reuse it). Each block's bytes are copied
+    exactly once, out of the received chunks, and hashed there.
+    """
+
+    __slots__ = ("_avail", "_chunks", "_eof", "_header_done", "_max_block", "blocks", "roots")
 
     def __init__(self, *, max_block_size: int = MAX_BLOCK_SIZE) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._chunks: deque[memoryview] = deque()
+        self._avail = 0  # bytes received and not yet parsed
         self._eof = False
         self._header_done = False
         self._max_block = max_block_size
@@ -95,59 +101,103 @@ class CarReader:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof:
             raise CodecError("data after the end of the CAR")
-        if not data:
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        if not view.nbytes:
             self._eof = True
             return
-        if self._pos > (1 << 20) and self._pos * 2 > len(self._buf):
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        self._chunks.append(view)
+        self._avail += view.nbytes
 
-    def _frame(self, limit: int) -> bytes | None:
-        """The next length-prefixed frame, or None when incomplete."""
-        buf = self._buf
+    def _peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the front, not consumed (small ``n`` only)."""
+        first = self._chunks[0]
+        if len(first) >= n:
+            return bytes(first[:n])
+        out = bytearray()
+        for chunk in self._chunks:
+            out += chunk[: n - len(out)]
+            if len(out) >= n:
+                break
+        return bytes(out)
+
+    def _skip(self, n: int) -> None:
+        self._avail -= n
+        chunks = self._chunks
+        while n:
+            first = chunks[0]
+            if len(first) > n:
+                chunks[0] = first[n:]
+                return
+            chunks.popleft()
+            n -= len(first)
+
+    def _take(self, n: int) -> bytes:
+        """The next ``n`` bytes (all received), consumed: one copy."""
+        if not n:
+            return b""
+        chunks = self._chunks
+        first = chunks[0]
+        if len(first) >= n:
+            out = bytes(first[:n])
+        else:
+            parts: list[memoryview] = []
+            need = n
+            for chunk in chunks:
+                parts.append(chunk[:need])
+                need -= len(parts[-1])
+                if not need:
+                    break
+            out = b"".join(parts)
+        self._skip(n)
+        return out
+
+    def _frame_start(self, limit: int) -> tuple[int, int] | None:
+        """``(prefix length, frame length)`` of the next frame once all of it has arrived,
+        or None."""
         try:
-            length, start = decode_varint(bytes(buf[self._pos : self._pos + 10]), 0)
-            start += self._pos
+            length, start = decode_varint(self._peek(min(self._avail, 10)), 0)
         except RemoteProtocolError as exc:
             if str(exc) == "truncated varint" and not self._eof:
                 return None
             raise CodecError(f"bad CAR length prefix: {exc}") from exc
         if length > limit:
             raise CodecError(f"CAR frame of {length} bytes exceeds the limit of {limit}")
-        end = start + length
-        if end > len(buf):
+        if start + length > self._avail:
             if self._eof:
                 raise CodecError("truncated CAR section")
             return None
-        frame = bytes(buf[start:end])
-        self._pos = end
-        return frame
+        return start, length
 
     def next_event(self) -> CarEvent:
-        if self._pos >= len(self._buf):
+        if not self._avail:
             if not self._eof:
                 return NEED_DATA
             if not self._header_done:
                 raise CodecError("empty CAR")
             return END
         if not self._header_done:
-            frame = self._frame(MAX_HEADER_SIZE)
-            if frame is None:
+            found = self._frame_start(MAX_HEADER_SIZE)
+            if found is None:
                 return NEED_DATA
+            self._skip(found[0])
+            frame = self._take(found[1])
             self._header_done = True
             self.roots = _parse_header(frame)
             return CarHeader(self.roots)
-        frame = self._frame(self._max_block + 128)
-        if frame is None:
+        found = self._frame_start(self._max_block + 128)
+        if found is None:
             return NEED_DATA
+        start, length = found
+        head = self._peek(start + min(length, MAX_CID_BYTES))
         try:
-            cid, off = Cid.decode_prefix(frame)
+            cid, end = Cid.decode_prefix(head, start)
         except RemoteProtocolError as exc:
             raise CodecError(f"bad CID in CAR section: {exc}") from exc
-        data = frame[off:]
-        if len(data) > self._max_block:
+        size = length - (end - start)
+        if size > self._max_block:
             raise CodecError(f"CAR block {cid} exceeds {self._max_block} bytes")
+        self._skip(end)
+        data = self._take(size)
         if not cid.verify(data):
             raise CodecError(f"CAR block does not hash to its CID {cid}")
         self.blocks += 1

@@ -188,3 +188,41 @@ async def test_missing_root_and_unsolicited_blocks(tmp_path: Path) -> None:
         with pytest.raises(FetchError, match="unsolicited"):
             await fetch_dag(c, sink2, root, [lh.peer_id], CFG)
     assert not sink2.has(stranger)
+
+
+@pytest.mark.net
+async def test_blocks_larger_than_a_send_batch_and_stage_timings(tmp_path: Path) -> None:
+    """The server sends a block larger than its batch buffer as a section of its own (here
+    every block is); the report says how much CPU verifying and storing took."""
+    data = os.urandom(150_000)
+    store, root = make_store(tmp_path / "p", data)
+    sink = Blockstore(tmp_path / "sink")
+    cfg = ExchangeConfig(read_batch_bytes=1024, idle_timeout=5.0)
+    async with providers([store]) as (client, hosts, servers):
+        report = await fetch_dag(client, sink, root, [hosts[0].peer_id], cfg)
+    assert cat(sink, root) == data
+    assert report.blocks == len(list(iter_dag(store, root)))
+    assert servers[0].bytes_sent > report.bytes
+    assert report.verify_cpu_s > 0 and report.store_cpu_s > 0
+
+
+class ShiftingSizes(Blockstore):
+    """A store whose files change between the size check and the read (a block replaced
+    under the server): the read straight into the send buffer must notice."""
+
+    def size(self, cid: Cid) -> int:
+        return super().size(cid) + 1
+
+
+@pytest.mark.net
+async def test_a_block_that_changes_while_read_fails_that_transfer_only(tmp_path: Path) -> None:
+    data = os.urandom(60_000)
+    good, root = make_store(tmp_path / "good", data)
+    shifting = ShiftingSizes(tmp_path / "shifting")
+    import_bytes(shifting, data, SMALL)
+    sink = Blockstore(tmp_path / "sink")
+    cfg = ExchangeConfig(read_batch_bytes=16 << 10, idle_timeout=5.0, max_parallel=1)
+    async with providers([shifting, good]) as (client, hosts, _):
+        report = await fetch_dag(client, sink, root, [h.peer_id for h in hosts], cfg)
+    assert cat(sink, root) == data
+    assert "connection broke" in report.failures[hosts[0].peer_id]

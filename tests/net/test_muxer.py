@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sorap2p.net.host import Host
+from sorap2p.net.muxer import ChunkBuffer, FrameBody
 from sorap2p.net.streams import Stream, open_stream
 from tests.net.helpers_net import create_hosts
 
@@ -169,3 +172,56 @@ async def _echo(raw: Any) -> None:
     data = await s.receive_some(16)
     await s.send_all(data)
     await s.aclose()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("extend"), st.binary(max_size=40)),
+            st.tuples(st.just("body"), st.lists(st.binary(max_size=20), max_size=4)),
+            st.tuples(st.just("take"), st.integers(-5, 70)),
+            st.tuples(st.just("all"), st.none()),
+            st.tuples(st.just("clear"), st.none()),
+        ),
+        max_size=30,
+    )
+)
+def test_chunk_buffer_behaves_as_the_bytearray_it_replaces(ops: list[tuple[str, Any]]) -> None:
+    """Every operation py-libp2p's Yamux performs on a stream buffer gives the result the
+    ``bytearray`` would (reads as ``read_stream`` does them: ``bytes(buf[:n])``, ``del``)."""
+    buf, model = ChunkBuffer(), bytearray()
+    for op, arg in ops:
+        if op == "extend":
+            buf.extend(bytearray(arg) if len(arg) % 2 else arg)
+            model.extend(arg)
+        elif op == "body":
+            parts = [memoryview(p) if i % 2 else p for i, p in enumerate(arg)]
+            buf.extend(FrameBody(parts))
+            model.extend(b"".join(arg))
+        elif op == "take":
+            assert bytes(buf[:arg]) == bytes(model[:arg])
+            del buf[:arg]
+            del model[:arg]
+        elif op == "all":
+            assert bytes(buf) == bytes(model)
+        else:
+            buf.clear()
+            model.clear()
+        assert len(buf) == len(model)
+        assert bool(buf) == bool(model)
+    assert bytes(buf) == bytes(model)
+
+
+async def test_stream_buffers_are_chunk_buffers_on_both_sides() -> None:
+    sink = Sink(1 << 20)
+    async with create_hosts(2) as hosts:
+        stream = await open_bulk(hosts, sink)
+        await stream.send_all(b"x" * 100_000)
+        await stream.send_eof()
+        with trio.fail_after(30):
+            await sink.done.wait()
+        assert sink.received == 100_000
+        for side in (stream._raw, sink.raw):
+            buffers = side.muxed_conn.stream_buffers
+            assert all(isinstance(b, ChunkBuffer) for b in buffers.values())

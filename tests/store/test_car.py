@@ -138,3 +138,20 @@ def test_car_written_by_ipld_car_is_read_by_us(tmp_path: Path) -> None:
     assert (tmp_path / "js.car").read_bytes() == _car(
         [cids[0]], list(zip(cids, blobs, strict=True))
     )
+
+
+def test_reader_keeps_bytes_but_copies_buffers_the_caller_may_reuse() -> None:
+    blocks = [(Cid.hash(d), d) for d in (b"a" * 5000, b"b" * 3, os.urandom(70_000))]
+    car = _car([blocks[0][0]], blocks)
+    reader = CarReader()
+    buf = bytearray(car[:40_000])
+    reader.receive_data(buf)
+    buf[:] = b"\0" * len(buf)  # the caller reuses its buffer
+    reader.receive_data(memoryview(car)[40_000:])
+    reader.receive_data(b"")
+    events = []
+    while (event := reader.next_event()) is not END:
+        assert event is not NEED_DATA
+        events.append(event)
+    assert events[1:] == [CarBlock(c, d) for c, d in blocks]
+    assert all(type(e.data) is bytes for e in events[1:] if isinstance(e, CarBlock))
