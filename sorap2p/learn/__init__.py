@@ -29,11 +29,12 @@ Aggregation (`sorap2p.learn.strategies`)
     FedProx(mu), Median, TrimmedMean(beta), Krum(f), MultiKrum(f, m),
     RobustMultiKrum(fraction, min_norm) ("robust_multi_krum": the robust rule without a root
     set; also drops free riders' empty updates), FLTrust(min_norm, median_norm) ("fltrust",
-    the paper's rule), RobustFLTrust(min_norm, margin, clip, reference_weight)
-    ("robust_fltrust": the robust rule with a root set), NormClipped(inner, max_norm);
+    the paper's rule), RobustFLTrust(min_norm, margin, clip, reference_weight, weighted,
+    reference_epochs) ("robust_fltrust": the robust rule with a root set),
+    NormClipped(inner, max_norm);
     ``needs_reference(strategy)``: FLTrust rules read ``batch.reference``, the server's delta
     on the root dataset (``UpdateBatch.create(..., reference=)``); the node layer supplies it
-    (see `FLTrust`);
+    (see `FLTrust`), trained for ``reference_epochs(strategy, round_epochs)`` local epochs;
     ``make_strategy(name, params) -> Strategy`` with ``strategy.aggregate(batch) ->
     AggregateResult(delta, selected, scores)`` and ``strategy.params()``; ``StreamingMean``;
     ``apply_delta(global_vec, delta, server_lr)``. Determinism and precision: see the module.
@@ -47,6 +48,7 @@ Compression and privacy (`sorap2p.learn.compress`, `sorap2p.learn.privacy`)
 Simulation (`sorap2p.learn.simulate`, `sorap2p.learn.attacks`)
     ``prepare(FederationConfig) -> Federation``, ``run_rounds(fed, strategy, rounds,
     transform=)``, ``round_updates``, ``root_update(fed, round)`` (``root_size > 0``),
-    ``centralized_baseline``; Byzantine behaviours
+    ``centralized_baseline``; ``WithoutTrainers(strategy, trainers)`` (the perfect filter,
+    for experiments), ``trainer_key(i)``; Byzantine behaviours
     SignFlip, Scaling, GaussianNoise, FreeRider.
 """

@@ -10,7 +10,8 @@ the same functions (`local_train`, `UpdateBatch`, strategies) one role at a time
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ from sorap2p.learn.strategies import (
     UpdateBatch,
     apply_delta,
     needs_reference,
+    reference_epochs,
 )
 from sorap2p.learn.train import EvalResult, TrainConfig, evaluate, local_train
 from sorap2p.learn.weights import ParamSpec
@@ -144,10 +146,12 @@ def round_updates(
     train: TrainConfig | None = None,
     *,
     reference: bool = False,
+    reference_train: TrainConfig | None = None,
 ) -> UpdateBatch:
     """Every trainer's (transformed) delta for this round, stacked; keys are trainer indices.
 
-    ``reference=True`` also attaches the server's `root_update` (for FLTrust).
+    ``reference=True`` also attaches the server's `root_update` (for FLTrust), trained with
+    ``reference_train`` (default: the trainers' settings).
     """
     cfg = train or fed.config.train
     n = len(fed.shards)
@@ -159,8 +163,8 @@ def round_updates(
         delta = result.delta if transform is None else transform(i, round_index, result.delta)
         deltas[i].copy_(delta)
         weights.append(float(result.num_samples))
-    keys = [f"trainer-{i:04d}" for i in range(n)]
-    ref = root_update(fed, round_index, cfg) if reference else None
+    keys = [trainer_key(i) for i in range(n)]
+    ref = root_update(fed, round_index, reference_train or cfg) if reference else None
     return UpdateBatch.create(deltas, weights, keys, ref)
 
 
@@ -179,10 +183,17 @@ def run_rounds(
     transform: DeltaTransform | None = None,
     on_round: Callable[[RoundRecord], bool | None] | None = None,
 ) -> list[RoundRecord]:
-    """Run rounds, moving ``fed.global_vector``; stop early when ``on_round`` returns True."""
+    """Run rounds, moving ``fed.global_vector``; stop early when ``on_round`` returns True.
+
+    Strategies that need a reference get the server's `root_update`, trained for the
+    strategy's `reference_epochs` (the trainers' settings otherwise)."""
     history: list[RoundRecord] = []
+    cfg = fed.config.train
+    ref_cfg = replace(cfg, epochs=reference_epochs(strategy, cfg.epochs))
     for r in range(fed.config.rounds if rounds is None else rounds):
-        batch = round_updates(fed, r, transform, reference=needs_reference(strategy))
+        batch = round_updates(
+            fed, r, transform, reference=needs_reference(strategy), reference_train=ref_cfg
+        )
         result = strategy.aggregate(batch)
         fed.global_vector = apply_delta(fed.global_vector, result.delta, fed.config.server_lr)
         record = RoundRecord(r, fed.evaluate(fed.global_vector), result)
@@ -217,6 +228,51 @@ def centralized_baseline(
     return fed.evaluate(fed.global_vector + res.delta)
 
 
+def trainer_key(i: int) -> bytes:
+    """The update key of trainer ``i`` in `round_updates` batches."""
+    return f"trainer-{i:04d}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class WithoutTrainers:
+    """Oracle for experiments: drop the given trainers' rows, aggregate the rest with ``inner``.
+
+    With the Byzantine trainers dropped this is a perfect filter: what any rule that removes
+    exactly them gets, i.e. the clean run minus their data."""
+
+    inner: Strategy
+    trainers: frozenset[int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}_without"
+
+    @property
+    def needs_reference(self) -> bool:
+        return needs_reference(self.inner)
+
+    @property
+    def reference_epochs(self) -> int:
+        return reference_epochs(self.inner, 0)
+
+    def aggregate(self, batch: UpdateBatch) -> AggregateResult:
+        drop = {trainer_key(i) for i in self.trainers}
+        keep = [i for i in range(batch.n) if batch.keys[i] not in drop]
+        idx = torch.as_tensor(keep, dtype=torch.long)
+        sub = UpdateBatch.create(
+            batch.deltas.index_select(0, idx),
+            [batch.weights[i] for i in keep],
+            [batch.keys[i] for i in keep],
+            batch.reference,
+        )
+        res = self.inner.aggregate(sub)
+        scores = {keep[j]: v for j, v in res.scores.items()}
+        return AggregateResult(res.delta, tuple(keep[j] for j in res.selected), scores)
+
+    def params(self) -> dict[str, Any]:
+        return self.inner.params()
+
+
 def attack_transform(
     attacks: Mapping[int, Callable[[torch.Tensor, torch.Generator], torch.Tensor]], seed: int = 0
 ) -> DeltaTransform:
@@ -236,10 +292,12 @@ __all__ = [
     "Federation",
     "FederationConfig",
     "RoundRecord",
+    "WithoutTrainers",
     "attack_transform",
     "centralized_baseline",
     "prepare",
     "root_update",
     "round_updates",
     "run_rounds",
+    "trainer_key",
 ]

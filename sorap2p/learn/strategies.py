@@ -30,255 +30,62 @@ otherwise each column block is gathered into a small buffer first (same results,
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Final, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Final
 
 import torch
 
-from sorap2p.core.cid import Cid
 from sorap2p.core.errors import ConfigError, LocalProtocolError
+from sorap2p.learn.batch import (
+    BLOCK,
+    SUM_BLOCK,
+    AggregateResult,
+    Strategy,
+    UpdateBatch,
+    UpdateKey,
+    _sorted_reduce,
+    allocate_rows,
+    gram_matrix,
+    key_bytes,
+    row_norms,
+    strategy_params,
+    weighted_sum,
+)
+from sorap2p.learn.fltrust import REFERENCE_EPOCHS, FLTrust, RobustFLTrust, reference_dots
 
-BLOCK: Final = 1 << 18
-"""Columns per block (1 MiB of float32 per row): the unit of accumulation order."""
-
-UpdateKey = Cid | bytes | str
-
-
-def allocate_rows(n: int, d: int) -> torch.Tensor:
-    """A zeroed ``(n, d)`` float32 matrix whose rows are 64-byte aligned (stride padded to 16).
-
-    Decrypt or copy update ``j`` (in ascending key order) into row ``j``: strategies then read
-    the rows in place instead of gathering column blocks.
-    """
-    stride = -(-d // 16) * 16
-    return torch.zeros(n, stride, dtype=torch.float32)[:, :d]
-
-
-def key_bytes(key: UpdateKey) -> bytes:
-    """The sort key of an update: a CID's binary form, or the bytes / UTF-8 text given."""
-    if isinstance(key, Cid):
-        return key.raw
-    if isinstance(key, str):
-        return key.encode()
-    return bytes(key)
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateBatch:
-    """``n`` update deltas as rows of an ``(n, d)`` float32 matrix, with weights and keys."""
-
-    deltas: torch.Tensor
-    weights: tuple[float, ...]
-    keys: tuple[bytes, ...]
-    order: tuple[int, ...] = field(default=())
-    reference: torch.Tensor | None = None
-
-    @classmethod
-    def create(
-        cls,
-        deltas: torch.Tensor,
-        weights: Sequence[float] | torch.Tensor,
-        keys: Sequence[UpdateKey],
-        reference: torch.Tensor | None = None,
-    ) -> UpdateBatch:
-        """Validate and wrap (no copy). Keys must be unique; weights finite and > 0.
-
-        ``reference`` is the server's own delta for the round (a float32 vector of ``d``),
-        needed by strategies with ``needs_reference`` (`FLTrust`) and ignored by the others.
-        """
-        if deltas.dim() != 2 or deltas.dtype != torch.float32:
-            raise LocalProtocolError("deltas must be a 2-D float32 tensor (n, d)")
-        if deltas.stride(1) != 1:
-            raise LocalProtocolError("deltas rows must be contiguous")
-        n = deltas.shape[0]
-        w = tuple(
-            float(x) for x in (weights.tolist() if isinstance(weights, torch.Tensor) else weights)
-        )
-        kb = tuple(key_bytes(k) for k in keys)
-        if len(w) != n or len(kb) != n:
-            raise LocalProtocolError(f"{n} rows but {len(w)} weights and {len(kb)} keys")
-        if n == 0:
-            raise LocalProtocolError("an update batch needs at least one row")
-        if not all(x > 0 and x < float("inf") for x in w):
-            raise LocalProtocolError("weights must be finite and > 0")
-        if len(set(kb)) != n:
-            raise LocalProtocolError("update keys must be unique")
-        if reference is not None and (
-            reference.shape != (deltas.shape[1],) or reference.dtype != torch.float32
-        ):
-            raise LocalProtocolError(f"reference must be a float32 vector of {deltas.shape[1]}")
-        order = tuple(sorted(range(n), key=kb.__getitem__))
-        return cls(deltas, w, kb, order, reference)
-
-    @property
-    def n(self) -> int:
-        return int(self.deltas.shape[0])
-
-    @property
-    def d(self) -> int:
-        return int(self.deltas.shape[1])
-
-    def without(self, row: int) -> UpdateBatch:
-        """A batch without ``row`` (copies the other rows; used for leave-one-out)."""
-        keep = [i for i in range(self.n) if i != row]
-        idx = torch.as_tensor(keep, dtype=torch.long)
-        return UpdateBatch.create(
-            self.deltas.index_select(0, idx),
-            [self.weights[i] for i in keep],
-            [self.keys[i] for i in keep],
-            self.reference,
-        )
-
-    def replace_deltas(self, deltas: torch.Tensor) -> UpdateBatch:
-        if deltas.shape != self.deltas.shape:
-            raise LocalProtocolError("replacement deltas must have the same shape")
-        return UpdateBatch(deltas, self.weights, self.keys, self.order, self.reference)
-
-
-@dataclass(frozen=True, slots=True)
-class AggregateResult:
-    """The aggregated delta, the rows that entered it (ascending key order) and diagnostics."""
-
-    delta: torch.Tensor
-    selected: tuple[int, ...]
-    scores: Mapping[int, float] = field(default_factory=dict)
-
-
-class Strategy(Protocol):
-    """A frozen, I/O-free aggregation rule."""
-
-    name: ClassVar[str]
-
-    def aggregate(self, batch: UpdateBatch) -> AggregateResult: ...
-
-    def params(self) -> dict[str, Any]: ...
-
-
-# -- kernels --------------------------------------------------------------------------
-
-
-def _row_blocks(deltas: torch.Tensor, rows: Sequence[int]) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(start, block)`` with ``block[j] = deltas[rows[j], start:start+B]``.
-
-    Reads in place when ``rows`` is ``0..n-1`` and the rows are 64-byte aligned; otherwise
-    gathers each block into a reused, aligned buffer (identical arithmetic afterwards).
-    """
-    n_all, d = deltas.shape
-    in_place = (
-        list(rows) == list(range(n_all))
-        and (deltas.stride(0) % 16 == 0 or n_all == 1)
-        and deltas.data_ptr() % 64 == 0
-    )
-    if in_place:
-        for s in range(0, d, BLOCK):
-            yield s, deltas[:, s : s + BLOCK]
-        return
-    idx = torch.as_tensor(list(rows), dtype=torch.long)
-    width = min(BLOCK, d)
-    buf = torch.empty(len(rows), width, dtype=torch.float32)
-    for s in range(0, d, BLOCK):
-        e = min(s + BLOCK, d)
-        # a (k, e-s) view of an aligned buffer whose row stride is BLOCK (or d)
-        block = buf[:, : e - s]
-        torch.index_select(deltas[:, s:e], 0, idx, out=block)
-        yield s, block
-
-
-def weighted_sum(
-    deltas: torch.Tensor, rows: Sequence[int], coeffs: Sequence[float]
-) -> torch.Tensor:
-    """``sum_j coeffs[j] * deltas[rows[j]]`` as float32, rows read in the given order."""
-    c = torch.tensor(list(coeffs), dtype=torch.float32)
-    out = torch.empty(deltas.shape[1], dtype=torch.float32)
-    for s, block in _row_blocks(deltas, rows):
-        torch.mv(block.t(), c, out=out[s : s + block.shape[1]])
-    return out
-
-
-def gram_matrix(deltas: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-    """``G[a, b] = <deltas[rows[a]], deltas[rows[b]]>`` (float32 GEMM per block, float64 sum)."""
-    k = len(rows)
-    g = torch.zeros(k, k, dtype=torch.float64)
-    for _, block in _row_blocks(deltas, rows):
-        g += (block @ block.t()).double()
-    return g
-
-
-SUM_BLOCK: Final = 1 << 12
-"""Columns per ``torch.sum`` of the sorting strategies (the last block may be narrower).
-
-Part of the result's definition: ``torch.sum`` over rows rounds a column differently
-depending on the block's width, so a recomputation must use the same blocks."""
-
-_SORT_BLOCK_BYTES: Final = 1 << 19
-
-
-def _sort_width(n: int) -> int:
-    """Columns sorted at a time: about 512 KiB of values (fits a core's L2), a power of two."""
-    w = min(max(_SORT_BLOCK_BYTES // (4 * n), 256), SUM_BLOCK)
-    return 1 << (w.bit_length() - 1)
-
-
-def _sorted_reduce(
-    deltas: torch.Tensor, rows: Sequence[int], trim: int, median: bool
-) -> torch.Tensor:
-    """Per column: the median, or the mean of the values left after trimming ``trim`` per side.
-
-    Cache-blocked: a slab of columns is copied transposed into a ``(width, n)`` buffer whose
-    rows (one column each) numpy sorts in place (a SIMD sort for short rows); the median is
-    read from the middle, or the kept middle is copied back into a contiguous
-    ``(n - 2 * trim, SUM_BLOCK)`` block summed over rows by ``torch.sum`` in ascending order.
-    Sorted values do not depend on how they were sorted, so the result equals sorting each
-    column and summing the same blocks. Zeros come out as +0.0 (``x + 0.0``): the order of
-    tied -0.0 and +0.0 depends on the sort, so their sign would not be reproducible.
-    Rows must be finite (NaN would spread).
-    """
-    deltas = deltas.detach()  # numpy sorts views of buffers copied from it
-    n = len(rows)
-    d = deltas.shape[1]
-    out = torch.empty(d, dtype=torch.float32)
-    width = _sort_width(n)
-    keep = n - 2 * trim
-    in_place = list(rows) == list(range(deltas.shape[0]))
-    idx = torch.as_tensor(list(rows), dtype=torch.long)
-    gathered = torch.empty(0 if in_place else n * width, dtype=torch.float32)
-    columns = torch.empty(width, n, dtype=torch.float32)
-    middle = torch.empty(0 if median else keep * min(SUM_BLOCK, d), dtype=torch.float32)
-    for s in range(0, d, SUM_BLOCK):
-        e = min(s + SUM_BLOCK, d)
-        kept = middle if median else middle[: keep * (e - s)].view(keep, e - s)
-        for a in range(s, e, width):
-            b = min(a + width, e)
-            w = b - a
-            if in_place:
-                block = deltas[:, a:b]
-            else:
-                block = gathered[: n * w].view(n, w)
-                torch.index_select(deltas[:, a:b], 0, idx, out=block)
-            col = columns[:w]
-            col.copy_(block.t())
-            col.numpy().sort(axis=-1)
-            if not median:
-                kept[:, a - s : b - s].copy_(col[:, trim : n - trim].t())
-            elif n % 2:
-                torch.add(col[:, n // 2], 0.0, out=out[a:b])
-            else:
-                torch.add(col[:, n // 2 - 1], col[:, n // 2], out=out[a:b]).mul_(0.5).add_(0.0)
-        if not median:
-            torch.sum(kept, dim=0, out=out[s:e]).div_(keep).add_(0.0)
-    return out
-
-
-def row_norms(deltas: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
-    """L2 norm of each row: float32 per block, squares summed in float64 (20x faster than
-    a float64 reduction, which casts each block)."""
-    rows = list(range(deltas.shape[0])) if rows is None else rows
-    sq = torch.zeros(len(rows), dtype=torch.float64)
-    for _, block in _row_blocks(deltas, rows):
-        sq += torch.linalg.vector_norm(block, dim=1).double().square()
-    return sq.sqrt()
+__all__ = [
+    "BLOCK",
+    "REFERENCE_EPOCHS",
+    "STRATEGIES",
+    "SUM_BLOCK",
+    "AggregateResult",
+    "FLTrust",
+    "FedAvg",
+    "FedProx",
+    "Krum",
+    "Median",
+    "MultiKrum",
+    "NormClipped",
+    "RobustFLTrust",
+    "RobustMultiKrum",
+    "Strategy",
+    "StreamingMean",
+    "TrimmedMean",
+    "UpdateBatch",
+    "UpdateKey",
+    "allocate_rows",
+    "apply_delta",
+    "gram_matrix",
+    "key_bytes",
+    "krum_scores",
+    "make_strategy",
+    "needs_reference",
+    "reference_dots",
+    "reference_epochs",
+    "row_norms",
+    "weighted_sum",
+]
 
 
 def _mean_coeffs(batch: UpdateBatch, rows: Sequence[int], weighted: bool) -> list[float]:
@@ -303,7 +110,7 @@ class FedAvg:
         return AggregateResult(delta, tuple(rows))
 
     def params(self) -> dict[str, Any]:
-        return _params(self)
+        return strategy_params(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +129,7 @@ class FedProx:
         return FedAvg(self.weighted).aggregate(batch)
 
     def params(self) -> dict[str, Any]:
-        return _params(self)
+        return strategy_params(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +142,7 @@ class Median:
         return AggregateResult(_sorted_reduce(batch.deltas, batch.order, 0, True), batch.order)
 
     def params(self) -> dict[str, Any]:
-        return _params(self)
+        return strategy_params(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +163,7 @@ class TrimmedMean:
         return AggregateResult(_sorted_reduce(batch.deltas, batch.order, trim, False), batch.order)
 
     def params(self) -> dict[str, Any]:
-        return _params(self)
+        return strategy_params(self)
 
 
 def krum_scores(gram: torch.Tensor, f: int) -> torch.Tensor:
@@ -403,7 +210,7 @@ class MultiKrum:
         return self._select(batch, self.m or batch.n - self.f)
 
     def params(self) -> dict[str, Any]:
-        return _params(self)
+        return strategy_params(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +228,7 @@ class Krum:
         return MultiKrum(self.f, 1)._select(batch, 1)
 
     def params(self) -> dict[str, Any]:
-        return _params(self)
+        return strategy_params(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,170 +287,16 @@ class RobustMultiKrum:
         return AggregateResult(delta, tuple(sel), scores)
 
     def params(self) -> dict[str, Any]:
-        return _params(self)
+        return strategy_params(self)
 
 
-def reference_dots(
-    deltas: torch.Tensor, rows: Sequence[int], reference: torch.Tensor
-) -> torch.Tensor:
-    """``<deltas[rows[j]], reference>`` per row (float32 GEMV per block, float64 sum)."""
-    dots = torch.zeros(len(rows), dtype=torch.float64)
-    for s, block in _row_blocks(deltas, rows):
-        dots += torch.mv(block, reference[s : s + block.shape[1]]).double()
-    return dots
-
-
-@dataclass(frozen=True, slots=True)
-class FLTrust:
-    """FLTrust (Cao et al., NDSS 2021): trust each update by its direction vs the server's.
-
-    The server's *reference* delta (``batch.reference``) is what the round's global model
-    learns from a small clean *root dataset* with the trainers' local-training settings.
-    The root dataset is labelled, clean, disjoint from every trainer's shard and never test
-    data (e.g. 100 samples cut from the training split with a fixed seed, see
-    `sorap2p.learn.data.root_split`). This strategy does no I/O and no training: the caller
-    supplies the reference. The node layer must: publish the root set (its content CID) and
-    the seed with the round's strategy parameters; on the aggregator, compute
-    ``local_train(model, spec, global_vector, root, train_config, Generator(seed))`` from
-    the round's global model and pass its delta as ``UpdateBatch.create(..., reference=)``;
-    on each validator, recompute the same delta (same root set, seed, ``TrainConfig``,
-    ``num_threads``) before re-aggregating; ``needs_reference(strategy)`` tells when.
-    For each row ``i`` (key order):
-
-    1. trust ``t_i = max(0, cos(d_i, r))``, 0 for rows of norm <= ``min_norm`` x median;
-    2. rows rescaled to the reference's norm (``median_norm``: to the median row norm);
-    3. the trust-weighted mean of the rescaled rows (not sample-weighted); no trust: zero.
-
-    ``scores``: each row's trust. Measured on digits (10 non-IID trainers, root 100): slow
-    (clean 0.93 after 20 rounds vs FedAvg 0.97) and 3-4 points lost to sign flip, noise and
-    free riders; `RobustFLTrust` is the robust rule to use.
-    """
-
-    name: ClassVar[str] = "fltrust"
-    needs_reference: ClassVar[bool] = True
-    min_norm: float = 0.0
-    median_norm: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.min_norm < 1:
-            raise ConfigError(f"{self.name}: min_norm must be in [0, 1)")
-
-    def trust(self, batch: UpdateBatch) -> tuple[list[float], list[float]]:
-        """Trust ``t_i`` and scale ``|r| / |d_i|`` of each row, in key order."""
-        ref = batch.reference
-        if ref is None:
-            raise LocalProtocolError(f"{self.name} needs the server's reference delta")
-        rows = batch.order
-        norm_t = row_norms(batch.deltas, rows)
-        norms = norm_t.tolist()
-        dots = reference_dots(batch.deltas, rows, ref).tolist()
-        ref_norm = float(torch.linalg.vector_norm(ref, dtype=torch.float64))
-        median = float(torch.quantile(norm_t, 0.5))
-        floor = self.min_norm * median
-        target = median if self.median_norm else ref_norm
-        trust: list[float] = []
-        scale: list[float] = []
-        for x, dot in zip(norms, dots, strict=True):
-            ok = x > floor and x > 0 and ref_norm > 0
-            trust.append(max(0.0, dot / (x * ref_norm)) if ok else 0.0)
-            scale.append(target / x if ok else 0.0)
-        return trust, scale
-
-    def aggregate(self, batch: UpdateBatch) -> AggregateResult:
-        rows = batch.order
-        trust, scale = self.trust(batch)
-        scores = {rows[j]: trust[j] for j in range(len(rows))}
-        total = sum(trust)  # float64, key order
-        chosen = [j for j in range(len(rows)) if trust[j] > 0]
-        if not chosen:
-            return AggregateResult(torch.zeros(batch.d, dtype=torch.float32), (), scores)
-        sel = [rows[j] for j in chosen]
-        coeffs = [trust[j] * scale[j] / total for j in chosen]
-        return AggregateResult(weighted_sum(batch.deltas, sel, coeffs), tuple(sel), scores)
-
-    def params(self) -> dict[str, Any]:
-        return _params(self)
-
-
-@dataclass(frozen=True, slots=True)
-class RobustFLTrust:
-    """FLTrust's direction test with a noise margin, median-norm clipping and the root row.
-
-    Plain `FLTrust` trust-weights rows rescaled to the reference's norm; on non-IID digits
-    that learns slowly (a delta from 100 root samples drawn uniformly is ~3x shorter than
-    the trainers' skewed ones, and trust weighting favours trainers whose data look like the
-    root set). Here, with ``r = batch.reference`` and rows in key order:
-
-    1. rows whose norm is at most ``min_norm`` times the median row norm are *empty* and
-       dropped (free riders);
-    2. a row is kept only if ``cos(d_i, r) > margin / sqrt(d)``: it points toward the
-       server's delta by more than a random direction would (random vectors have
-       ``|cos| ~ 1/sqrt(d)``), so sign-flipped honest deltas and noise are dropped;
-    3. each kept row is clipped to ``clip`` times the median norm of the non-empty rows, so
-       a boosted update weighs as much as an ordinary one;
-    4. the reference itself joins as a row of weight ``reference_weight`` (the root set's
-       sample count; 0 leaves it out), clipped the same way;
-    5. the result is the sample-weighted (``weighted=True``) mean of the kept, clipped rows.
-
-    Coefficients are float64, rounded to float32 for one `weighted_sum` over the kept rows;
-    the reference row is added after it in float32. ``scores`` holds each row's cosine with
-    the reference (0.0 for a zero row). No row kept and no reference row: a zero delta.
-    Limits: an attacker who knows the reference can send any vector inside the margin cone;
-    the clip bounds its effect to that of one ordinary update.
-    """
-
-    name: ClassVar[str] = "robust_fltrust"
-    needs_reference: ClassVar[bool] = True
-    min_norm: float = 0.05
-    margin: float = 4.0
-    clip: float = 1.0
-    reference_weight: float = 0.0
-    weighted: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.min_norm < 1:
-            raise ConfigError(f"{self.name}: min_norm must be in [0, 1)")
-        if not (self.margin >= 0 and self.clip > 0 and self.reference_weight >= 0):
-            raise ConfigError(f"{self.name}: need margin >= 0, clip > 0, reference_weight >= 0")
-
-    def aggregate(self, batch: UpdateBatch) -> AggregateResult:
-        ref = batch.reference
-        if ref is None:
-            raise LocalProtocolError(f"{self.name} needs the server's reference delta")
-        rows = batch.order
-        norms = row_norms(batch.deltas, rows)
-        x = norms.tolist()
-        dots = reference_dots(batch.deltas, rows, ref).tolist()
-        ref_norm = float(torch.linalg.vector_norm(ref, dtype=torch.float64))
-        cos = [
-            dot / (xj * ref_norm) if xj > 0 and ref_norm > 0 else 0.0
-            for xj, dot in zip(x, dots, strict=True)
-        ]
-        scores = {r: c for r, c in zip(rows, cos, strict=True)}
-        floor = self.min_norm * float(torch.quantile(norms, 0.5))
-        nonempty = [j for j in range(len(rows)) if x[j] > floor and x[j] > 0]
-        bound = ref_norm
-        if nonempty:
-            idx = torch.as_tensor(nonempty, dtype=torch.long)
-            bound = self.clip * float(torch.quantile(norms[idx], 0.5))
-        threshold = self.margin / math.sqrt(batch.d)
-        kept = [j for j in nonempty if cos[j] > threshold]
-        sel = [rows[j] for j in kept]
-        w = [batch.weights[r] if self.weighted else 1.0 for r in sel]
-        total = sum(w) + self.reference_weight  # float64, key order, reference last
-        delta = torch.zeros(batch.d, dtype=torch.float32)
-        if total == 0:
-            return AggregateResult(delta, (), scores)
-        if sel:
-            coeffs = [wi * min(1.0, bound / x[j]) / total for wi, j in zip(w, kept, strict=True)]
-            delta = weighted_sum(batch.deltas, sel, coeffs)
-        if self.reference_weight > 0 and ref_norm > 0:
-            c = self.reference_weight * min(1.0, bound / ref_norm) / total
-            delta.add_(ref, alpha=float(torch.tensor(c, dtype=torch.float32)))
-        return AggregateResult(delta, tuple(sel), scores)
-
-    def params(self) -> dict[str, Any]:
-        return _params(self)
+def reference_epochs(strategy: Strategy, default: int) -> int:
+    """Local epochs of the server's training on the root set for ``strategy``'s reference:
+    its ``reference_epochs`` when set (> 0), else ``default`` (the round's epochs)."""
+    if isinstance(strategy, NormClipped):
+        return reference_epochs(strategy.inner, default)
+    epochs = getattr(strategy, "reference_epochs", 0)
+    return int(epochs) if epochs else default
 
 
 def needs_reference(strategy: Strategy) -> bool:
@@ -695,10 +348,6 @@ class NormClipped:
     def params(self) -> dict[str, Any]:
         key = "clip_median" if self.relative else "clip_norm"
         return {**self.inner.params(), key: self.max_norm}
-
-
-def _params(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 STRATEGIES: Final[Mapping[str, type[Any]]] = {

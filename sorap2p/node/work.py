@@ -26,7 +26,13 @@ from sorap2p.core.errors import IntegrityError, LocalProtocolError, RemoteProtoc
 from sorap2p.core.ids import PeerId, RoundId, SubnetId
 from sorap2p.learn.data import as_tensors, load_dataset, root_split
 from sorap2p.learn.models import build_model
-from sorap2p.learn.strategies import UpdateBatch, apply_delta, make_strategy, needs_reference
+from sorap2p.learn.strategies import (
+    UpdateBatch,
+    apply_delta,
+    make_strategy,
+    needs_reference,
+    reference_epochs,
+)
 from sorap2p.learn.train import DataLike, EvalResult, TrainConfig, evaluate, local_train
 from sorap2p.learn.weights import ParamSpec
 from sorap2p.store import dagcbor
@@ -239,11 +245,13 @@ def reference_delta(
     ctx: ModelContext,
     root: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
-    """The server's delta for the round: the round's training settings (no proximal term)
-    on the root dataset from the global model, one thread, seeded by the round number, so
-    that validators recompute it bit for bit on the same platform."""
+    """The server's delta for the round: the round's training settings (no proximal term;
+    the strategy's ``reference_epochs`` when set) on the root dataset from the global
+    model, one thread, seeded by the round number, so that validators recompute it bit for
+    bit on the same platform."""
+    strategy = make_strategy(ro.strategy, dict(ro.strategy_params))
     tc = TrainConfig(
-        epochs=ro.training.epochs,
+        epochs=reference_epochs(strategy, ro.training.epochs),
         batch_size=ro.training.batch_size,
         lr=ro.training.lr,
         momentum=ro.training.momentum,

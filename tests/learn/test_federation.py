@@ -89,14 +89,38 @@ ATTACKS: dict[str, Attack] = {
 # Allowed drop (mean test accuracy of the last 3 of 20 rounds) of the robust strategy under
 # attack vs its own clean run (`clean_robust`: same strategy and root set, no Byzantine
 # trainer): 2 points for every attack (issue F5). digits has 359 test images: 1 image = 0.28
-# points, 0.09 in a last-3 mean. Measured here (seed 0): clean 0.9610; sign flip 0.9526,
-# x10 scaling 0.9656, noise 0.9415, free riders 0.9434. The noise and free-rider margins are
-# thin and mostly inherent: those rows are dropped exactly, so both runs are the honest-only
-# run (the 7 honest trainers + the root row), and shards 1, 4 and 7 hold 27% of the samples
-# and 85% of all 8s. Small numeric changes (another rounding of the row norms, another clip
-# bound) moved the free-rider drop between 1.8 and 2.3 points: if another CPU or torch build
-# lands above 2.0 here, it is that inherent gap, not a filtering error (check the printed
-# "Byzantine rows kept 0 times"). Other seeds and Byzantine sets: see the F5 report.
+# points, 0.09 in a last-3 mean. Measured here (seed 0, Byzantine 1/4/7): clean 0.9610; sign
+# flip 0.9526, x10 scaling 0.9656, noise 0.9415, free riders 0.9434.
+#
+# Across seeds this holds for 18 of 20 drawn cases, not all (bench/robust_seeds.py: each seed its
+# own partition and its own Byzantine set of 3; drop in points, + = worse; "filter" is the
+# same strategy with exactly the Byzantine rows removed, `WithoutTrainers`, i.e. the clean
+# run minus their data):
+#   seed  Byzantine  held  clean   sign   x10   noise  free  filter
+#   0     1 6 7      23%   0.9610  +1.11  -0.37 -0.46  +0.00 +0.00
+#   1     2 5 8      23%   0.9499  -1.02  -1.39 +0.46  -0.09 -0.09
+#   2     5 8 9      37%   0.9582  +0.37  +0.00 +1.02  +1.11 +1.11
+#   3     1 3 6      28%   0.9517  +1.86  -1.67 +1.11  +1.11 +1.11
+#   4     4 6 7      35%   0.9786  +1.67  +0.93 +2.14  +2.60 +2.60
+#   2     0 3 6      31%   0.9582  +3.06  +0.19 -0.19  +0.19 +0.19
+#   0     1 4 7      27%   0.9610  +0.84  -0.46 +1.95  +1.76 +1.76   (this test)
+# Seed 4 fails by data loss, not by filtering: its Byzantine trainers hold 35% of the samples
+# and 86% of all 3s, and even the perfect filter ends 2.6 points low; it is a speed loss
+# (FedAvg on the 7 honest trainers alone: 2.9 points below FedAvg on all 10 at round 20, 0.7
+# at round 40). Sign flip is the thin case elsewhere: late in training the 100-sample root
+# delta barely correlates with honest non-IID deltas (cosines ~0 +- 0.2), some honest rows
+# are dropped (20-40 of 140 per run) and a flipped row passes now and then (1-8 of 60);
+# on seed 2 with Byzantine 0/3/6 one flipped row passed in round 19 (0.947 -> 0.900).
+# This test's own margins are thin for the same reason: noise 1.95 and free riders 1.76
+# where the perfect filter loses 1.76 (shards 1, 4, 7 hold 85% of all 8s); if another CPU or
+# torch build lands above 2.0 here, check "Byzantine rows kept 0 times" before suspecting the
+# filter. Single cells are noisy (+-1 point: noise and free riders, both filtered exactly,
+# end up to 0.8 points apart because the dropped noise rows loosen the clip bound).
+# Tried, none holds all 20 (worst drop, cells over 2.0): root weight 200 (2.69, 2), 300
+# (3.62, 4); reference trained 6 or 10 epochs (2.88, 3; 4.64, 5: fewer honest rows dropped,
+# so the clean run improves more than the attacked ones); margin 0 or 2 (seeds 3-4: 3.44;
+# 2.88); balanced root (3.81); 30 rounds (sign flip leaks accumulate: 5.2); clip to the kept
+# rows' median (scaling: 9.0); rows weighted by min(1, cos / 0.1) (seed 3: 3.16).
 ROBUST_TOLERANCE = 0.02
 
 
@@ -131,6 +155,32 @@ def test_byzantine_damage_fedavg_but_not_robust_strategy(
         # flipped rows are kept only when the honest delta pointed away from the root delta
         # (measured 2 of 60); noise and free riders never
         assert picked <= (6 if attack == "sign_flip" else 0)
+
+
+# A second partition and Byzantine set (seed 1, trainers 2/5/8 as bench/robust_seeds.py
+# draws them), robust runs only: a regression guard, not a claim that every seed holds
+# (see the table above; measured here: sign flip -1.02, x10 -1.39, noise +0.46, free
+# riders -0.09 points).
+SEED1_CONFIG = FederationConfig(
+    num_trainers=10, alpha=0.5, rounds=20, train=TRAIN, seed=1, root_size=ROOT
+)
+SEED1_BYZANTINE = (2, 5, 8)
+
+
+@pytest.fixture(scope="module")
+def clean_robust_seed1() -> list[RoundRecord]:
+    return run_rounds(prepare(SEED1_CONFIG), ROBUST, 20)
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_robust_strategy_holds_on_a_second_partition(
+    attack: str, clean_robust_seed1: list[RoundRecord]
+) -> None:
+    transform = attack_transform({i: ATTACKS[attack].apply for i in SEED1_BYZANTINE})
+    robust = run_rounds(prepare(SEED1_CONFIG), ROBUST, 20, transform=transform)
+    drop = _tail(clean_robust_seed1) - _tail(robust)
+    print(f"\nseed 1, {attack}: last-3 mean {_tail(robust):.4f}, drop {100 * drop:+.2f} points")
+    assert drop <= ROBUST_TOLERANCE
 
 
 @pytest.fixture(scope="module")

@@ -133,3 +133,41 @@ def test_federation_root_set_leaves_shards_unchanged_and_root_update_is_seeded()
     assert not torch.equal(a, root_update(fed, 4))
     with pytest.raises(ConfigError):
         root_update(plain, 0)
+
+
+def test_round_reference_follows_the_strategys_reference_epochs() -> None:
+    from dataclasses import replace
+
+    from sorap2p.learn.simulate import (
+        FederationConfig,
+        prepare,
+        root_update,
+        round_updates,
+        run_rounds,
+    )
+    from sorap2p.learn.strategies import RobustFLTrust, apply_delta
+
+    fed = prepare(FederationConfig(num_trainers=3, root_size=40))
+    start = fed.global_vector.clone()
+    three = replace(fed.config.train, epochs=3)
+    assert not torch.equal(root_update(fed, 0, three), root_update(fed, 0))
+    strategy = RobustFLTrust(reference_weight=40.0, reference_epochs=3)
+    batch = round_updates(fed, 0, reference=True, reference_train=three)
+    assert batch.reference is not None and torch.equal(batch.reference, root_update(fed, 0, three))
+    expected = apply_delta(start, strategy.aggregate(batch).delta)
+    run_rounds(fed, strategy, 1)
+    assert torch.equal(fed.global_vector, expected)
+
+
+def test_without_trainers_is_the_perfect_filter() -> None:
+    from sorap2p.learn.simulate import WithoutTrainers, trainer_key
+    from sorap2p.learn.strategies import FedAvg, RobustFLTrust, UpdateBatch, needs_reference
+
+    rows = torch.tensor([[1.0, 0.0], [100.0, 100.0], [0.0, 3.0]])
+    batch = UpdateBatch.create(rows, [1.0, 5.0, 2.0], [trainer_key(i) for i in range(3)])
+    res = WithoutTrainers(FedAvg(), frozenset({1})).aggregate(batch)
+    assert res.selected == (0, 2)
+    torch.testing.assert_close(res.delta, torch.tensor([1.0 / 3, 2.0]))
+    oracle = WithoutTrainers(RobustFLTrust(reference_epochs=4), frozenset({0}))
+    assert needs_reference(oracle) and oracle.reference_epochs == 4
+    assert torch.equal(rows, torch.tensor([[1.0, 0.0], [100.0, 100.0], [0.0, 3.0]]))

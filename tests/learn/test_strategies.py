@@ -30,6 +30,7 @@ from sorap2p.learn.strategies import (
     apply_delta,
     make_strategy,
     needs_reference,
+    reference_epochs,
 )
 
 ALL: list[Strategy] = [
@@ -310,6 +311,18 @@ def test_needs_reference() -> None:
     assert needs_reference(FLTrust()) and needs_reference(RobustFLTrust())
     assert needs_reference(make_strategy("fltrust", {"clip_norm": 1.0}))
     assert not needs_reference(FedAvg()) and not needs_reference(RobustMultiKrum())
+
+
+def test_reference_epochs_tell_the_server_how_long_to_train_the_root_set() -> None:
+    assert reference_epochs(RobustFLTrust(), 2) == 2  # default 0: the round's epochs
+    assert reference_epochs(RobustFLTrust(reference_epochs=10), 3) == 10
+    assert reference_epochs(make_strategy("robust_fltrust", {"reference_epochs": 6.0}), 2) == 6
+    clipped = make_strategy("robust_fltrust", {"reference_epochs": 6.0, "clip_norm": 1.0})
+    assert reference_epochs(clipped, 2) == 6
+    assert reference_epochs(FLTrust(), 2) == 2 and reference_epochs(FedAvg(), 4) == 4
+    for bad in (-1.0, 1.5, 1001.0):
+        with pytest.raises(ConfigError):
+            make_strategy("robust_fltrust", {"reference_epochs": bad})
 
 
 def test_norm_clipping() -> None:
