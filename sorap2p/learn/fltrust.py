@@ -35,6 +35,18 @@ def reference_dots(
     return dots
 
 
+def _against_reference(name: str, batch: UpdateBatch) -> tuple[torch.Tensor, list[float], float]:
+    """Row norms (key order, float64 tensor), dot products with the reference and the
+    reference's norm; no reference raises `LocalProtocolError`."""
+    ref = batch.reference
+    if ref is None:
+        raise LocalProtocolError(f"{name} needs the server's reference delta")
+    rows = batch.order
+    norms = row_norms(batch.deltas, rows)
+    dots = reference_dots(batch.deltas, rows, ref).tolist()
+    return norms, dots, float(torch.linalg.vector_norm(ref, dtype=torch.float64))
+
+
 @dataclass(frozen=True, slots=True)
 class FLTrust:
     """FLTrust (Cao et al., NDSS 2021): trust each update by its direction vs the server's.
@@ -72,14 +84,8 @@ class FLTrust:
 
     def trust(self, batch: UpdateBatch) -> tuple[list[float], list[float]]:
         """Trust ``t_i`` and scale ``|r| / |d_i|`` of each row, in key order."""
-        ref = batch.reference
-        if ref is None:
-            raise LocalProtocolError(f"{self.name} needs the server's reference delta")
-        rows = batch.order
-        norm_t = row_norms(batch.deltas, rows)
+        norm_t, dots, ref_norm = _against_reference(self.name, batch)
         norms = norm_t.tolist()
-        dots = reference_dots(batch.deltas, rows, ref).tolist()
-        ref_norm = float(torch.linalg.vector_norm(ref, dtype=torch.float64))
         median = float(torch.quantile(norm_t, 0.5))
         floor = self.min_norm * median
         target = median if self.median_norm else ref_norm
@@ -171,13 +177,9 @@ class RobustFLTrust:
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         ref = batch.reference
-        if ref is None:
-            raise LocalProtocolError(f"{self.name} needs the server's reference delta")
         rows = batch.order
-        norms = row_norms(batch.deltas, rows)
+        norms, dots, ref_norm = _against_reference(self.name, batch)
         x = norms.tolist()
-        dots = reference_dots(batch.deltas, rows, ref).tolist()
-        ref_norm = float(torch.linalg.vector_norm(ref, dtype=torch.float64))
         cos = [
             dot / (xj * ref_norm) if xj > 0 and ref_norm > 0 else 0.0
             for xj, dot in zip(x, dots, strict=True)
@@ -200,7 +202,7 @@ class RobustFLTrust:
         if sel:
             coeffs = [wi * min(1.0, bound / x[j]) / total for wi, j in zip(w, kept, strict=True)]
             delta = weighted_sum(batch.deltas, sel, coeffs)
-        if self.reference_weight > 0 and ref_norm > 0:
+        if ref is not None and self.reference_weight > 0 and ref_norm > 0:
             c = self.reference_weight * min(1.0, bound / ref_norm) / total
             delta.add_(ref, alpha=float(torch.tensor(c, dtype=torch.float32)))
         return AggregateResult(delta, tuple(sel), scores)
