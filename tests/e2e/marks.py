@@ -1,13 +1,16 @@
-"""Markers shared by the multi-process tests: real node processes and a real anvil chain."""
+"""Markers and set-ups shared by the multi-process tests: real node processes, a real anvil
+chain."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from sorap2p.chain.devchain import find_anvil
+from testnet.cluster import ClusterSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,3 +26,17 @@ def nodes_and_chain(fn: F) -> F:
     for mark in reversed(NODES_AND_CHAIN):
         fn = mark(fn)
     return fn
+
+
+def four_rounds(tmp_path: Path, **overrides: Any) -> ClusterSpec:
+    """The usual multi-process subnet: 3 validators (quorum 2), 3 trainers, 4 rounds of
+    40 s, under ``tmp_path/net``; ``overrides`` are other `ClusterSpec` fields."""
+    return ClusterSpec(
+        root=tmp_path / "net",
+        validators=3,
+        trainers=3,
+        quorum=2,
+        rounds=4,
+        round_s=40.0,
+        **overrides,
+    )

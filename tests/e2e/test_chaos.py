@@ -14,21 +14,14 @@ from pathlib import Path
 from sorap2p.core.ids import RoundId, SubnetId
 from sorap2p.node.audit import audit_round
 from sorap2p.store.blockstore import Blockstore
-from testnet.cluster import Cluster, ClusterSpec
-from tests.e2e.marks import NODES_AND_CHAIN
+from testnet.cluster import Cluster
+from tests.e2e.marks import NODES_AND_CHAIN, four_rounds
 
 pytestmark = NODES_AND_CHAIN
 
 
 def test_each_role_killed_mid_round_and_restarted(tmp_path: Path) -> None:
-    spec = ClusterSpec(
-        root=tmp_path / "net",
-        validators=3,
-        trainers=3,
-        quorum=2,
-        rounds=4,
-        round_s=40.0,
-    )
+    spec = four_rounds(tmp_path)
     # (whose log marks the phase, the phase, the victim)
     steps = [
         ("aggregator", r"opening round 1 ", "trainer-0"),  # a trainer while it trains

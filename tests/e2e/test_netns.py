@@ -20,7 +20,7 @@ import pytest
 
 from testnet import netns
 from testnet.netns import NetnsError, NetnsLab
-from tests.e2e.marks import needs_anvil
+from tests.e2e.marks import four_rounds, needs_anvil
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -261,18 +261,10 @@ def test_partition_and_heal(tmp_path: Path) -> None:
     and every round is proven: nothing times out for good, nothing is lost."""
     from sorap2p.core.ids import SubnetId
     from sorap2p.node.audit import record_from_tx, recorded_event
-    from testnet.cluster import Cluster, ClusterSpec, wait_for
+    from testnet.cluster import Cluster, wait_for
 
-    spec = ClusterSpec(
-        root=tmp_path / "net",
-        validators=3,
-        trainers=3,
-        quorum=2,
-        rounds=4,
-        round_s=40.0,
-        # the partition lands in the pause before round 2 opens
-        extra=("round.proof_timeout_s=120", "round.pause_s=5"),
-    )
+    # the partition lands in the pause before round 2 opens
+    spec = four_rounds(tmp_path, extra=("round.proof_timeout_s=120", "round.pause_s=5"))
     cut_off = ("validator-2", "trainer-2")
     with NetnsLab(0, 0, record=tmp_path / "netns.json") as lab, Cluster(spec, lab) as cluster:
         cluster.start_all()

@@ -15,21 +15,13 @@ from sorap2p.core.ids import RoundId, SubnetId
 from sorap2p.node.audit import audit_round
 from sorap2p.store.blockstore import Blockstore
 from testnet.cluster import Cluster, ClusterSpec, wait_for
-from tests.e2e.marks import NODES_AND_CHAIN
+from tests.e2e.marks import NODES_AND_CHAIN, four_rounds
 
 pytestmark = NODES_AND_CHAIN
 
 
 def test_rounds_are_proven_despite_killed_validator_and_trainer(tmp_path: Path) -> None:
-    spec = ClusterSpec(
-        root=tmp_path / "net",
-        validators=3,
-        trainers=3,
-        quorum=2,
-        rounds=4,
-        round_s=40.0,
-        log_level="info",
-    )
+    spec = four_rounds(tmp_path, log_level="info")
     with Cluster(spec) as cluster:
         cluster.start_all()
         wait_for(lambda: len(cluster.recorded_rounds()) >= 1, 300, "round 1 on chain")
