@@ -70,11 +70,12 @@ class Driver:
         self.transitions.append((before, type(event).__name__, self.machine.state.name))
         for action in actions:
             if isinstance(action, SetTimer):
-                self._arm(action)
+                self.arm(action)
             else:
                 await self._perform(action)
 
-    def _arm(self, timer: SetTimer) -> None:
+    def arm(self, timer: SetTimer) -> None:
+        """Arm (or re-arm) ``timer``: its TimerFired is fed at ``timer.at``."""
         assert self._nursery is not None, "Driver.run must be running"
         key = (timer.name, timer.round)
         old = self._timers.pop(key, None)

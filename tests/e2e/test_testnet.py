@@ -96,7 +96,12 @@ def test_aggregator_restart_resumes_and_poisoner_ranks_last(tmp_path: Path) -> N
         rounds=3,
         round_s=40.0,
         strategy="median",
-        per_node={"trainer-3": ("node.behaviour=sign_flip",)},
+        per_node={
+            "trainer-3": ("node.behaviour=sign_flip",),
+            # aggregate at the deadline, not as soon as all 4 updates are in: a round then
+            # lasts 40 s (an early-aggregating round took 0.9 s in CI, too short to catch)
+            "aggregator": ("round.expected_participants=0",),
+        },
     )
     with Cluster(spec) as cluster:
         cluster.start_all()

@@ -32,6 +32,7 @@ from sorap2p.core.rounds.events import (
     ProofObserved,
     Publish,
     RoundFinished,
+    SetTimer,
     UpdateChecked,
     WorkFailed,
 )
@@ -336,8 +337,13 @@ async def run_aggregator(
             lambda msg, now: ProofObserved(msg.round, msg.tx_hash),
         )
         for action in machine.resume(services.now()):
-            if isinstance(action, Publish | FetchUpdate | Aggregate):
+            if isinstance(action, SetTimer):  # the deadline or proof timer of the round
+                driver.arm(action)
+            else:
                 await perform(action)
+        resumed = machine.round_open
+        if machine.state is AggState.COLLECTING and resumed is not None:
+            tasks.start(("reopen", resumed.round), lambda: republish(resumed))
         if ready is not None:
             ready.set()
         log.info("aggregator ready (head round %d)", current.round)
